@@ -1,0 +1,120 @@
+"""Events as Arrow batches, and back.
+
+Between steps, events travel as `pyarrow.Table`s so that declarative steps run vectorised. Real
+streams are not tidy, so the conversion from Python events is forgiving and never loses an event:
+
+- a field missing from some events is null there (Arrow cannot tell "absent" from "null", so
+  events read back have every field of their batch, with None where they had none);
+- int and float mixed in one field become float64;
+- any other mix (a field that is a number in one event and a string or an object in another, an
+  integer too large for int64, an empty object) becomes a string column holding each value's JSON
+  text, tagged `logbus.json` in the field metadata, so that `to_events` gives the original values
+  back exactly and SQL can still read them with the json functions;
+- nested objects become Arrow structs; keys that only some events have are null in the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+JSON_TAG = {b"logbus.json": b"1"}
+
+
+def is_json_field(field: pa.Field) -> bool:
+    return bool(field.metadata) and field.metadata.get(b"logbus.json") == b"1"
+
+
+def to_events(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows of `table` as Python dicts, JSON-tagged columns decoded."""
+    rows: list[dict[str, Any]] = table.to_pylist()
+    tagged = [f.name for f in table.schema if is_json_field(f)]
+    if tagged:
+        for row in rows:
+            for name in tagged:
+                text = row.get(name)
+                if text is not None:
+                    row[name] = json.loads(text)
+    return rows
+
+
+def from_events(events: list[dict[str, Any]]) -> pa.Table:
+    """A table holding every event and every field, whatever the mix of types."""
+    if not events:
+        return pa.table({})
+    names = list(dict.fromkeys(key for event in events for key in event))
+    if len(names) == len(events[0]) and list(events[0]) == names:
+        # Every key is in the first event: Arrow's own row conversion sees them all.
+        try:
+            table = pa.Table.from_pylist(events)
+            if not _needs_repair(table.schema):
+                return table
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+    return from_columns({name: [event.get(name) for event in events] for name in names})
+
+
+def from_columns(columns: dict[str, list[Any]]) -> pa.Table:
+    """A table from Python value lists, one per field, with the unification rules above."""
+    fields, arrays = [], []
+    for name, values in columns.items():
+        array, tagged = column_array(values)
+        fields.append(pa.field(name, array.type, metadata=JSON_TAG if tagged else None))
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def column_array(values: list[Any]) -> tuple[pa.Array, bool]:
+    """One column: (array, True when it had to fall back to tagged JSON text)."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return _json_array(values), True
+    if _type_needs_repair(array.type):
+        return _json_array(values), True
+    return array, False
+
+
+def with_columns(table: pa.Table, names: Iterable[str]) -> pa.Table:
+    """`table` plus an all-null column for each name it lacks, so SQL over it sees NULL."""
+    for name in names:
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, pa.null()), pa.nulls(table.num_rows))
+    return table
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate batches whose schemas differ; conflicting columns fall back to JSON text."""
+    tables = [t for t in tables if t.num_columns or t.num_rows]
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return from_events([row for table in tables for row in to_events(table)])
+
+
+def _json_array(values: list[Any]) -> pa.Array:
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string()
+    )
+
+
+def _needs_repair(schema: pa.Schema) -> bool:
+    return any(_type_needs_repair(field.type) for field in schema)
+
+
+def _type_needs_repair(data_type: pa.DataType) -> bool:
+    """Types DuckDB cannot take or that lose information: empty structs, anywhere."""
+    if pa.types.is_struct(data_type):
+        return data_type.num_fields == 0 or any(
+            _type_needs_repair(data_type.field(i).type) for i in range(data_type.num_fields)
+        )
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return _type_needs_repair(data_type.value_type)
+    return False

@@ -1,0 +1,491 @@
+"""Static check of the SQL expressions agents write (filter, transform.set, aggregate.measures, derive.when).
+
+We never splice an expression into SQL unchecked. The expression is wrapped in a statement of our
+own, `SELECT (<expr>) AS __lb_expr FROM batch`, which DuckDB parses into its own AST
+(`json_serialize_sql`); we then require the statement to have exactly the shape we built (one
+SELECT, one output, FROM batch, no WHERE/GROUP/CTE...), so text that closes our parenthesis and
+smuggles a clause or a second statement fails, and walk the expression tree against an allowlist:
+column references, literals, operators, CASE, CAST, IN lists, and the functions in `FUNCTIONS`.
+Anything else — subqueries, window functions, table functions, parameters, settings or
+environment access, non-deterministic functions — is refused with a message that says what to
+write instead. The connection that runs the expressions is locked down too (`sqlexec`); this check
+is the first of the two layers, and the one that gives the agent a useful message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import duckdb
+
+from primitives.diagnostics import Diagnostic
+
+Role = Literal["predicate", "scalar", "aggregate"]
+ROLES: tuple[str, ...] = ("predicate", "scalar", "aggregate")
+MAX_EXPRESSION_CHARS = 4096
+MAX_DEPTH = 64
+ALIAS = "__lb_expr"
+PREFIX = "SELECT ("
+SUFFIX = f"\n) AS {ALIAS} FROM batch"
+INTERNAL_PREFIX = "__lb_"  # columns the steps add for themselves (window bounds); not for agents
+
+# The allowlist, in one place. category -> (why it is safe / what it is for, names).
+SCALAR_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "string": ("pure text functions", (
+        "lower", "upper", "lcase", "ucase", "length", "char_length", "character_length", "strlen",
+        "concat", "concat_ws", "substring", "substr", "left", "right", "trim", "ltrim", "rtrim",
+        "replace", "reverse", "repeat", "lpad", "rpad", "split_part", "string_split", "str_split",
+        "string_to_array", "starts_with", "ends_with", "suffix", "prefix", "contains", "position",
+        "strpos", "instr", "format", "printf", "md5", "sha256", "hash", "levenshtein",
+        "jaro_winkler_similarity", "ascii", "chr", "translate", "strip_accents", "url_decode",
+        "url_encode", "like_escape", "ilike_escape", "array_to_string",
+    )),
+    "regex": ("RE2 regular expressions: linear time, no catastrophic backtracking", (
+        "regexp_matches", "regexp_full_match", "regexp_extract", "regexp_extract_all",
+        "regexp_replace", "regexp_split_to_array", "regexp_escape",
+    )),
+    "math": ("pure arithmetic", (
+        "abs", "ceil", "ceiling", "floor", "round", "trunc", "sqrt", "cbrt", "pow", "power", "exp",
+        "ln", "log", "log2", "log10", "sign", "greatest", "least", "isnan", "isinf", "isfinite",
+        "gcd", "lcm", "even", "pi", "degrees", "radians", "bit_count", "fmod",
+    )),
+    "time": ("calendar arithmetic on values (no clock reads: replays must give the same answer)", (
+        "date_trunc", "date_part", "datepart", "date_diff", "datediff", "date_sub", "date_add",
+        "epoch", "epoch_ms", "epoch_us", "make_timestamp", "make_date", "to_timestamp", "strftime",
+        "strptime", "try_strptime", "year", "month", "day", "hour", "minute", "second",
+        "millisecond", "dayofweek", "dayofyear", "dayofmonth", "week", "weekday", "isodow",
+        "yearweek", "quarter", "dayname", "monthname", "last_day", "time_bucket", "timezone",
+        "to_seconds", "to_minutes", "to_hours", "to_days", "to_milliseconds", "to_microseconds",
+    )),
+    "json": ("read JSON text held in a field", (
+        "json_extract", "json_extract_string", "json_extract_path", "json_extract_path_text",
+        "json_value", "json_exists", "json_type", "json_valid", "json_array_length", "json_keys",
+        "json_contains", "to_json", "json", "json_object", "json_array",
+    )),
+    "list and struct": ("values inside nested fields", (
+        "list_value", "list_contains", "list_has", "array_contains", "list_extract",
+        "list_element", "array_extract", "list_slice", "array_slice", "len", "array_length",
+        "list_transform", "list_apply", "array_transform", "array_apply", "list_filter",
+        "array_filter", "list_distinct", "list_sort", "list_reverse_sort", "list_has_any",
+        "list_has_all", "list_position", "list_concat", "list_unique", "struct_extract",
+        "struct_pack", "row", "map", "map_extract", "element_at", "cardinality", "flatten",
+    )),
+    "conditional": ("null handling and branching", ("coalesce", "ifnull", "nullif", "if", "typeof")),
+}
+# Names the parser turns into operator nodes rather than function calls (listed above for the guide).
+PARSER_FORMS = frozenset({"coalesce", "ifnull"})
+AGGREGATE_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "aggregate": ("one value per window and key (aggregate.measures only)", (
+        "count", "count_star", "count_if", "sum", "avg", "mean", "min", "max", "median", "mode",
+        "quantile", "quantile_cont", "quantile_disc", "approx_quantile", "approx_count_distinct",
+        "list", "array_agg", "string_agg", "group_concat", "arg_max", "arg_min", "argmax",
+        "argmin", "max_by", "min_by", "stddev", "stddev_pop", "stddev_samp", "variance",
+        "var_pop", "var_samp", "first", "last", "any_value", "bool_and", "bool_or", "product",
+        "histogram", "entropy", "kurtosis", "skewness", "corr", "covar_pop", "covar_samp", "mad",
+    )),
+}
+# Operators DuckDB parses into function calls (`a LIKE b` is `~~`, `a ->> '$.x'` is `->>`).
+OPERATORS: dict[str, str] = {
+    "+": "+", "-": "-", "*": "*", "/": "/", "//": "//", "%": "%", "**": "**", "^": "^",
+    "||": "||", "~~": "LIKE", "!~~": "NOT LIKE", "~~*": "ILIKE", "!~~*": "NOT ILIKE",
+    "~~~": "GLOB", "^@": "^@ (starts with)", "&": "&", "|": "|", "<<": "<<",
+    ">>": ">>", "~": "~", "->>": "->>", "@>": "@>", "<@": "<@", "&&": "&&",
+}
+# Functions whose argument may be a lambda (`list_filter(tags, t -> t LIKE 'x%')`).
+LAMBDA_FUNCTIONS = frozenset({"list_transform", "list_apply", "array_transform", "array_apply",
+                              "list_filter", "array_filter"})
+# Refused with a specific reason (anything not allowlisted is refused anyway).
+DENIED: dict[str, str] = {
+    **dict.fromkeys(("read_csv", "read_csv_auto", "read_parquet", "read_json", "read_json_auto",
+                     "read_ndjson", "read_text", "read_blob", "glob", "parquet_scan", "csv_scan",
+                     "sniff_csv", "parquet_metadata", "parquet_schema", "read_json_objects"),
+                    "reads files"),
+    **dict.fromkeys(("getenv", "current_setting", "getvariable", "version", "current_database",
+                     "current_schema", "current_schemas", "current_user", "user", "session_user",
+                     "current_query", "txid_current", "pg_typeof"),
+                    "reads the environment or settings"),
+    **dict.fromkeys(("now", "current_timestamp", "current_date", "current_time", "get_current_time",
+                     "get_current_timestamp", "today", "random", "setseed", "uuid", "gen_random_uuid",
+                     "nextval", "currval", "transaction_timestamp", "age"),
+                    "is not deterministic, so replays would disagree"),
+    **dict.fromkeys(("query", "query_table", "json_execute_serialized_sql", "json_serialize_sql",
+                     "json_deserialize_sql", "unnest", "range", "generate_series"),
+                    "runs SQL or makes rows"),
+}
+
+
+def _names(table: dict[str, tuple[str, tuple[str, ...]]]) -> frozenset[str]:
+    return frozenset(name for _, names in table.values() for name in names)
+
+
+SCALAR_NAMES = _names(SCALAR_FUNCTIONS)
+AGGREGATE_NAMES = _names(AGGREGATE_FUNCTIONS)
+_ALLOWED_OPERATOR_NODES = frozenset({
+    "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "OPERATOR_COALESCE", "COMPARE_IN",
+    "COMPARE_NOT_IN", "ARRAY_EXTRACT", "ARRAY_SLICE", "STRUCT_EXTRACT", "OPERATOR_NULLIF",
+})
+
+
+@dataclass
+class _Walk:
+    expr: str
+    role: str
+    problems: list[Diagnostic] = field(default_factory=list)
+    columns: set[str] = field(default_factory=set)
+    aggregates: int = 0
+
+
+def check_expression(expr: str, *, role: str) -> list[Diagnostic]:
+    """Problems with `expr` as a SQL expression of `role` ("predicate", "scalar" or "aggregate")."""
+    if role not in ROLES:
+        raise ValueError(f"unknown expression role {role!r}; roles: {', '.join(ROLES)}")
+    return list(_analyse(expr, role)[0])
+
+
+def referenced_columns(expr: str) -> set[str]:
+    """The event fields `expr` reads (the first part of `a.b`); empty when it does not parse."""
+    # the aggregate role walks into aggregate calls too, so it sees every field
+    return set(_analyse(expr, "aggregate")[1])
+
+
+def sql_quote(name: str) -> str:
+    """A column name as a DuckDB identifier: always double-quoted, embedded quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@lru_cache(maxsize=4096)
+def _analyse(expr: str, role: str) -> tuple[tuple[Diagnostic, ...], frozenset[str]]:
+    if not isinstance(expr, str) or not expr.strip():
+        return (_diag("sql-empty", "the SQL expression is empty", hint=_ROLE_HINT[role]),), frozenset()
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        return (_diag("sql-too-long", f"the SQL expression is {len(expr):,} characters; the limit is "
+                      f"{MAX_EXPRESSION_CHARS:,}", hint="split the logic over several steps"),), frozenset()
+    found = _lexical(expr)
+    if found:
+        return (found,), frozenset()
+    tree = _serialize(PREFIX + expr + SUFFIX)
+    if tree.get("error"):
+        return (_parse_error(expr, tree),), frozenset()
+    node = _expression_of(tree)
+    if node is None:
+        return (_diag("sql-shape", "the text is not a single expression: it closes the expression and "
+                      "adds SQL clauses or statements of its own",
+                      hint="write only an expression over fields, e.g. status >= 500 AND path LIKE 'a%'"),
+                ), frozenset()
+    walk = _Walk(expr, role)
+    _visit(node, walk, depth=0, in_aggregate=False, lambda_params=frozenset())
+    if role == "aggregate" and not walk.problems and walk.aggregates == 0:
+        walk.problems.append(_diag("sql-not-aggregate", "a measure must aggregate the window's events",
+                                   hint="use an aggregate such as count(*), sum(bytes), "
+                                        "approx_count_distinct(src_ip)"))
+    return tuple(walk.problems), frozenset(walk.columns)
+
+
+_ROLE_HINT = {
+    "predicate": "write a condition such as status >= 500",
+    "scalar": "write a value such as lower(user) or bytes / 1024",
+    "aggregate": "write an aggregate such as count(*) or sum(bytes)",
+}
+
+
+def _lexical(expr: str) -> Diagnostic | None:
+    """Comments and statement separators outside string literals: the ways to cut our statement."""
+    try:
+        tokens = duckdb.tokenize(expr)
+    except Exception:  # the parser will say what is wrong
+        return None
+    for start, kind in tokens:
+        if kind == duckdb.token_type.comment:
+            return _diag("sql-comment", "comments are not allowed in SQL expressions", expr=expr,
+                         offset=start, hint="remove the -- or /* */ comment")
+    starts = [start for start, _ in tokens]
+    kinds = [kind for _, kind in tokens]
+    for index, (start, kind) in enumerate(zip(starts, kinds, strict=True)):
+        if kind in (duckdb.token_type.string_const, duckdb.token_type.comment):
+            continue
+        end = starts[index + 1] if index + 1 < len(starts) else len(expr)
+        semicolon = expr.find(";", start, end)
+        if semicolon >= 0:
+            return _diag("sql-shape", "';' is not allowed: an expression is not a statement", expr=expr,
+                         offset=semicolon, hint="write one expression, without ';'")
+    return None
+
+
+_LOCK = threading.Lock()
+_CONNECTION: duckdb.DuckDBPyConnection | None = None
+
+
+def _serialize(sql: str) -> dict[str, Any]:
+    """DuckDB's own parse of `sql`, as JSON; parsing only, nothing is bound or run."""
+    global _CONNECTION
+    with _LOCK:
+        if _CONNECTION is None:
+            _CONNECTION = duckdb.connect(":memory:", config={
+                "enable_external_access": False, "autoload_known_extensions": False,
+                "autoinstall_known_extensions": False, "threads": 1, "lock_configuration": True})
+        row = _CONNECTION.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()
+    assert row is not None
+    result: dict[str, Any] = json.loads(row[0])
+    return result
+
+
+def _parse_error(expr: str, tree: dict[str, Any]) -> Diagnostic:
+    message = str(tree.get("error_message", "not a SQL expression")).split("\n", 1)[0]
+    position = tree.get("position")
+    offset = None
+    if isinstance(position, str) and position.isdigit():
+        offset = int(position) - len(PREFIX)
+    if offset is not None and not 0 <= offset < len(expr):
+        offset = None  # the error is in our wrapper: the expression left something open
+        message += " (is a parenthesis or quote left open?)"
+    if tree.get("error_type") == "not implemented":
+        return _diag("sql-shape", "only a single expression is allowed, not a statement",
+                     hint="write an expression such as status >= 500")
+    return _diag("sql-syntax", f"SQL syntax error: {message}", expr=expr, offset=offset,
+                 hint="check quotes ('text' for strings, \"name\" for fields) and parentheses")
+
+
+def _expression_of(tree: dict[str, Any]) -> dict[str, Any] | None:
+    """The one expression in our statement, or None when the statement is not the one we built."""
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        return None
+    node = statements[0].get("node") or {}
+    expected_empty = ("modifiers", "group_expressions", "group_sets")
+    if node.get("type") != "SELECT_NODE" or any(node.get(key) for key in expected_empty):
+        return None
+    if (node.get("cte_map") or {}).get("map") or any(
+            node.get(key) is not None for key in ("where_clause", "having", "sample", "qualify")):
+        return None
+    if node.get("aggregate_handling") != "STANDARD_HANDLING":
+        return None
+    source = node.get("from_table") or {}
+    if (source.get("type") != "BASE_TABLE" or source.get("table_name") != "batch" or source.get("alias")
+            or source.get("schema_name") or source.get("catalog_name") or source.get("sample") is not None
+            or source.get("at_clause") is not None or source.get("column_name_alias")):
+        return None
+    selected = node.get("select_list") or []
+    if len(selected) != 1 or selected[0].get("alias") != ALIAS:
+        return None
+    expression: dict[str, Any] = selected[0]
+    return expression
+
+
+def _visit(node: Any, walk: _Walk, *, depth: int, in_aggregate: bool, lambda_params: frozenset[str]) -> None:
+    if not isinstance(node, dict):
+        return
+    if depth > MAX_DEPTH:
+        if not any(p.code == "sql-too-deep" for p in walk.problems):
+            walk.problems.append(_diag("sql-too-deep", f"the expression nests deeper than {MAX_DEPTH} levels",
+                                       hint="simplify it or split it over several steps"))
+        return
+    cls = node.get("class")
+    kind = node.get("type")
+    where = node.get("query_location")
+
+    def refuse(code: str, message: str, hint: str) -> None:
+        walk.problems.append(_diag(code, message, expr=walk.expr, offset=_offset(where), hint=hint))
+
+    def children(*nodes: Any, aggregate: bool = in_aggregate, params: frozenset[str] = lambda_params) -> None:
+        for child in nodes:
+            _visit(child, walk, depth=depth + 1, in_aggregate=aggregate, lambda_params=params)
+
+    if cls == "CONSTANT":
+        return
+    if cls == "COLUMN_REF":
+        names = node.get("column_names") or []
+        root = names[0] if names else ""
+        if root in lambda_params:
+            return
+        if root.startswith(INTERNAL_PREFIX):
+            refuse("sql-column", f"field {root!r} is internal to LogBus", "use another field name")
+            return
+        walk.columns.add(root)
+        if walk.role == "aggregate" and not in_aggregate:
+            refuse("sql-not-aggregate", f"field {root!r} is used outside an aggregate function",
+                   f"wrap it, e.g. max({sql_quote(root)}) or any_value({sql_quote(root)}), "
+                   "or add it to the step's `by` list")
+        return
+    if cls in ("CONJUNCTION", "OPERATOR") or cls == "COMPARISON" or cls == "BETWEEN":
+        if cls == "OPERATOR" and kind not in _ALLOWED_OPERATOR_NODES:
+            refuse("sql-operator", f"operator {kind} is not allowed", "use comparisons, AND/OR/NOT, IN, "
+                   "IS NULL, LIKE, CASE and the listed functions")
+            return
+        children(*(node.get("children") or []), node.get("left"), node.get("right"),
+                 node.get("input"), node.get("lower"), node.get("upper"))
+        return
+    if cls == "CASE":
+        for check in node.get("case_checks") or []:
+            children(check.get("when_expr"), check.get("then_expr"))
+        children(node.get("else_expr"))
+        return
+    if cls == "CAST":
+        children(node.get("child"))
+        return
+    if cls == "COLLATE":
+        children(node.get("child"))
+        return
+    if cls == "FUNCTION":
+        _function(node, walk, refuse, children, in_aggregate, lambda_params)
+        return
+    if cls == "LAMBDA":
+        # Outside a list function, `a -> '$.x'` is DuckDB's JSON extract operator, parsed as a lambda.
+        if node.get("syntax_type") != "SINGLE_ARROW":
+            refuse("sql-lambda", "a lambda is only allowed as the argument of a list function",
+                   "e.g. list_filter(tags, lambda t: t LIKE 'x%')")
+            return
+        children(node.get("lhs"), node.get("expr"))
+        return
+    if cls == "SUBQUERY":
+        refuse("sql-subquery", "subqueries (SELECT, EXISTS, IN (SELECT ...), = ANY) are not allowed",
+               "an expression sees one event; use IN ('a', 'b') for a list, or a lookup table with enrich")
+        return
+    if cls == "WINDOW":
+        refuse("sql-window", "window functions (OVER ...) are not allowed",
+               "for values over time use an aggregate step with a window, e.g. aggregate: {window: 60s}")
+        return
+    if cls == "PARAMETER":
+        refuse("sql-parameter", "parameters ($1, ?, $name) are not allowed", "write the value as a literal")
+        return
+    if cls == "STAR":
+        refuse("sql-star", "* and COLUMNS(...) are not allowed", "name the fields you need")
+        return
+    if cls == "POSITIONAL_REFERENCE":
+        refuse("sql-column", "positional references (#1) are not allowed", "name the field")
+        return
+    refuse("sql-unsupported", f"{str(cls).lower()} expressions are not supported",
+           "use fields, literals, operators, CASE, CAST and the listed functions")
+
+
+def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_aggregate: bool,
+              lambda_params: frozenset[str]) -> None:
+    name = str(node.get("function_name", "")).lower()
+    shown = "count(*)" if name == "count_star" else f"{name}()"
+    arguments = [arg.get("expression") for arg in node.get("arguments") or []]
+    order_exprs = [order.get("expression") for order in (node.get("order_bys") or {}).get("orders") or []]
+    if node.get("schema") or node.get("catalog"):
+        refuse("sql-function", f"qualified function names ({node.get('schema')}.{name}) are not allowed",
+               f"call {name}(...) without a schema")
+        return
+    if node.get("is_operator"):
+        if name not in OPERATORS:
+            refuse("sql-operator", f"operator {name!r} is not allowed",
+                   "use the usual arithmetic, comparison, || and LIKE/ILIKE/GLOB operators")
+            return
+        children(*arguments)
+        return
+    if name in DENIED:
+        refuse("sql-function", f"function {name}() is not allowed: it {DENIED[name]}", _function_hint(name))
+        return
+    if name in AGGREGATE_NAMES:
+        if walk.role != "aggregate":
+            refuse("sql-aggregate", f"aggregate function {shown} is only allowed in aggregate.measures",
+                   "this expression sees one event at a time; count or sum over a window with an "
+                   "aggregate step")
+            return
+        if in_aggregate:
+            refuse("sql-aggregate", f"aggregate function {shown} inside another aggregate is not allowed",
+                   "aggregate the event fields directly, e.g. sum(bytes)")
+            return
+        walk.aggregates += 1
+        children(*arguments, *order_exprs, node.get("filter"), aggregate=True)
+        return
+    if name not in SCALAR_NAMES:
+        close = difflib.get_close_matches(name, sorted(SCALAR_NAMES | AGGREGATE_NAMES), n=1)
+        hint = f"did you mean {close[0]}()? " if close else ""
+        refuse("sql-function", f"function {name}() is not allowed in LogBus SQL expressions",
+               hint + "see the guide's SQL topic for the allowed functions")
+        return
+    if node.get("distinct") or node.get("filter") is not None or order_exprs:
+        refuse("sql-function", "DISTINCT, FILTER and ORDER BY only apply to aggregate functions, "
+               f"not {name}()", "remove them")
+        return
+    for argument in arguments:
+        if isinstance(argument, dict) and argument.get("class") == "LAMBDA" and name in LAMBDA_FUNCTIONS:
+            if argument.get("syntax_type") == "SINGLE_ARROW":
+                refuse("sql-lambda", "the arrow lambda (x -> ...) is deprecated in DuckDB",
+                       f"write {name}(list, lambda x: x LIKE 'a%')")
+                continue
+            params = _lambda_params(argument.get("lhs"))
+            children(argument.get("expr"), params=lambda_params | params)
+        else:
+            children(argument)
+
+
+def _lambda_params(lhs: Any) -> frozenset[str]:
+    """`x -> ...` or `(x, i) -> ...`: the parameter names, which are not event fields."""
+    found: set[str] = set()
+    for node in _iter_nodes(lhs):
+        if node.get("class") == "COLUMN_REF" and node.get("column_names"):
+            found.add(node["column_names"][0])
+    return frozenset(found)
+
+
+def _iter_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _iter_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _iter_nodes(value)
+
+
+def _function_hint(name: str) -> str:
+    if "read" in name or "scan" in name or name == "glob":
+        return "to join reference data use an enrich step with a registered lookup table"
+    if DENIED[name].startswith("is not deterministic"):
+        return ("compare with the event's time field or a literal, e.g. ts >= TIMESTAMP '2026-01-01', "
+                "not now() - INTERVAL 1 HOUR")
+    if DENIED[name].startswith("runs SQL"):
+        return "an expression computes one value per event from its fields"
+    return "an expression sees only the event's fields and literals"
+
+
+def _offset(location: Any) -> int | None:
+    return location - len(PREFIX) if isinstance(location, int) else None
+
+
+def _diag(code: str, message: str, *, hint: str | None = None, expr: str | None = None,
+          offset: int | None = None) -> Diagnostic:
+    line = col = None
+    if expr is not None and offset is not None and 0 <= offset <= len(expr):
+        before = expr[:offset]
+        line = before.count("\n") + 1
+        col = offset - (before.rfind("\n") + 1) + 1
+    return Diagnostic(code, message, line=line, col=col, hint=hint)
+
+
+def describe_sql() -> str:
+    """The SQL rules and allowlisted functions, as Markdown for the guide."""
+    lines = [
+        "Expressions (in `filter`, `transform.set`, `aggregate.measures`, `derive.when`) are DuckDB SQL "
+        "over the event's fields, checked before anything runs:",
+        "",
+        "- Fields by name; quote odd names with double quotes: `\"user-agent\"`. Nested: `req.path` or "
+        "`req['path']`. Strings in single quotes: `'admin'`.",
+        "- A field missing from an event is NULL. A condition that is NULL drops the event "
+        "(`status >= 500` drops events without `status`); write `status IS NULL OR ...` to keep them.",
+        "- Allowed: literals, arithmetic, comparisons, `AND`/`OR`/`NOT`, `BETWEEN`, `IN (...)` lists, "
+        "`IS [NOT] NULL`, `LIKE`/`ILIKE`/`GLOB`/`SIMILAR TO`, `CASE`, `CAST`/`TRY_CAST`/`::`, "
+        "`->>`/`->` on JSON text, lambdas in list functions (`list_filter(tags, lambda t: t LIKE 'x%')`), "
+        "and the functions below.",
+        "- Not allowed: subqueries, `EXISTS`, window functions (`OVER`), table functions (`read_csv`, ...), "
+        "settings/environment (`current_setting`, `getenv`), clock and randomness (`now()`, `random()`: "
+        "replays must agree), parameters, comments, `;`.",
+        "- Aggregate functions only in `aggregate.measures`, where every field must be inside one "
+        "(`count(*)`, `sum(bytes)`, `count(DISTINCT ip)`, `sum(bytes) FILTER (WHERE status >= 500)`).",
+        f"- At most {MAX_EXPRESSION_CHARS:,} characters and {MAX_DEPTH} levels of nesting.",
+        "",
+        "Functions:",
+        "",
+    ]
+    for category, (reason, names) in {**SCALAR_FUNCTIONS, **AGGREGATE_FUNCTIONS}.items():
+        lines.append(f"- **{category}** ({reason}): " + ", ".join(f"`{n}`" for n in sorted(names)))
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Running checked SQL expressions over a batch with DuckDB.
+
+Each step owns one in-memory DuckDB connection with external access off and its configuration
+locked, so even an expression that slipped past `sqlcheck` could not read a file, load an
+extension or change a setting. DuckDB computes only the expression columns, over only the
+columns they reference; rows are then kept or columns set on the Arrow table itself, so every
+other column passes through untouched (types and field metadata included).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from primitives.batch import with_columns
+from primitives.sqlcheck import referenced_columns
+
+LOCKED_CONFIG: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+    "threads": 1,
+    "lock_configuration": True,
+}
+BATCH = "batch"
+
+
+class SqlError(ValueError):
+    """An expression failed at run time (a bad cast, say); the message is DuckDB's."""
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SqlBatch:
+    """One locked-down DuckDB connection evaluating expressions over Arrow batches."""
+
+    def __init__(self) -> None:
+        self._con = duckdb.connect(":memory:", config=LOCKED_CONFIG)
+        self._lock = threading.Lock()
+
+    def filter(self, table: pa.Table, expr: str) -> pa.Table:
+        """Rows where `expr` is true; rows where it is false or NULL are dropped."""
+        if table.num_rows == 0:
+            return table
+        mask = self.columns(table, {"keep": f"coalesce(CAST(({expr}) AS BOOLEAN), false)"})["keep"]
+        return table.filter(mask)
+
+    def select(self, table: pa.Table, exprs: dict[str, str], keep_rest: bool = True) -> pa.Table:
+        """Set each named column to its expression (all computed from the input row).
+
+        Existing columns are replaced in place, new ones appended in the order given; with
+        `keep_rest=False` only the computed columns are returned.
+        """
+        computed = self.columns(table, exprs)
+        if not keep_rest:
+            return computed
+        out = table
+        for name in exprs:
+            column = computed[name]
+            if name in out.column_names:
+                out = out.set_column(out.column_names.index(name), name, column)
+            else:
+                out = out.append_column(name, column)
+        return out
+
+    def columns(self, table: pa.Table, exprs: dict[str, str]) -> pa.Table:
+        """A table of the expression results, one row per input row, in input order."""
+        needed = sorted(set().union(*(referenced_columns(e) for e in exprs.values())))
+        source = with_columns(table, needed).select(needed) if needed else pa.table({"__row": pa.nulls(
+            table.num_rows, pa.bool_())})
+        select = ", ".join(f"({expr}) AS {quote(name)}" for name, expr in exprs.items())
+        return self.query(source, f"SELECT {select} FROM {BATCH}")
+
+    def query(self, table: pa.Table, sql: str) -> pa.Table:
+        """Run SQL that we built around checked expressions, with `table` as `batch`."""
+        with self._lock:
+            self._con.register(BATCH, table)
+            try:
+                return self._con.sql(sql).to_arrow_table()
+            except duckdb.Error as exc:
+                raise SqlError(_clean(str(exc))) from None
+            finally:
+                self._con.unregister(BATCH)
+
+
+def _clean(message: str) -> str:
+    """DuckDB's first line is the useful one; its LINE/caret follow-up points into our wrapper."""
+    return message.split("\n", 1)[0].strip()

@@ -1,0 +1,310 @@
+"""aggregate: one row per window and key, computed by DuckDB when the window closes.
+
+Windows, watermark, lateness and the dead-letter reasons `late` and `no_time` are defined in
+primitives.windows. Each output row has `window_start` and `window_end` (RFC 3339 UTC text, like
+`2024-12-10T06:55:00Z`: it survives JSON, Parquet and code steps unchanged, renders as is in derive
+templates, sorts in time order, and DuckDB reads it with `window_start::TIMESTAMPTZ`), then the `by`
+fields, then one column per measure. Rows come out when their window closes, ordered by
+window_end, window_start, then the key (for tumbling and sliding windows that is window_start then
+key); `finish()` closes every open window. Events missing a `by` field are grouped under null, as
+in SQL. DuckDB's HUGEINT/DECIMAL results (sum of integers) are returned as int64, else float64.
+
+Only the columns the step needs (the `by` fields and those the measures reference) are buffered
+while a window is open, and each close runs one GROUP BY over everything that closed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from primitives.batch import from_events, to_events, with_columns
+from primitives.durations import Duration, format_duration
+from primitives.eventtime import event_micros, format_time
+from primitives.registry import step
+from primitives.runtime import BuildContext, DeadLetter, StepResult
+from primitives.sqlcheck import check_expression, referenced_columns
+from primitives.sqlexec import SqlBatch, SqlError, quote
+from primitives.windows import (
+    FixedWindows,
+    SessionWindow,
+    SessionWindows,
+    SlidingWindow,
+    WindowSpec,
+    group_key,
+    micros,
+)
+
+DEFAULT_TIME_FIELD = "timestamp"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_RESERVED = {"window_start", "window_end"}
+_JSON_TAG = {b"logbus.json": b"1"}
+_FLUSH = 2**62
+
+EXAMPLE = """\
+name: requests-per-host
+source: web
+time: timestamp
+steps:
+  - filter: "status >= 500"
+  - aggregate:
+      window: 60s
+      by: [host]
+      measures:
+        errors: "count(*)"
+        bytes: "sum(bytes)"
+        worst_ms: "max(duration_ms)"
+      lateness: 10s
+"""
+
+
+@step(
+    "aggregate",
+    summary="Windowed GROUP BY on event time: one row per window and key when it closes.",
+    example=EXAMPLE,
+    emits="rows",
+    build=lambda options, ctx: AggregateRuntime(options, ctx),
+)
+class AggregateOptions(BaseModel):
+    """Group events into event-time windows and compute SQL aggregates per window and key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: WindowSpec = Field(
+        description=(
+            "Tumbling `60s`; sliding `{size: 60s, every: 10s}` (size a multiple of every); "
+            "session `{gap: 5m}` (per key, closes after gap without events)."
+        )
+    )
+    by: list[str] = Field(default_factory=list, description="Fields to group by (besides the window).")
+    measures: dict[str, str] = Field(
+        min_length=1,
+        description=(
+            "Output column -> DuckDB aggregate expression over event fields, e.g. "
+            "{requests: 'count(*)', p95_ms: 'quantile_cont(duration_ms, 0.95)'}."
+        ),
+    )
+    lateness: Duration = Field(
+        default=timedelta(seconds=10),
+        description=(
+            "Default 10s. How long after a window's end to wait for out-of-order events before closing it; "
+            "events arriving later go to the dead letters as `late`."
+        ),
+    )
+
+    @field_validator("by")
+    @classmethod
+    def _check_by(cls, by: list[str]) -> list[str]:
+        for name in by:
+            if not name or name in _RESERVED:
+                raise ValueError(f"by field {name!r} is not allowed; window_start/window_end are outputs")
+        if len(set(by)) != len(by):
+            raise ValueError(f"by lists a field twice: {by}")
+        return by
+
+    @field_validator("measures")
+    @classmethod
+    def _check_measures(cls, measures: dict[str, str]) -> dict[str, str]:
+        for name, expr in measures.items():
+            if not _NAME.match(name) or name in _RESERVED:
+                raise ValueError(
+                    f"measure name {name!r} must be an identifier like error_count "
+                    "(letters, digits, _), not window_start/window_end"
+                )
+            problems = check_expression(expr, role="aggregate")
+            if problems:
+                raise ValueError(f"measure {name!r}: " + "; ".join(d.render() for d in problems))
+        return measures
+
+    @model_validator(mode="after")
+    def _check_names(self) -> AggregateOptions:
+        clash = set(self.by) & set(self.measures)
+        if clash:
+            raise ValueError(f"{sorted(clash)} is both a by field and a measure name; rename the measure")
+        if micros(self.lateness) < 0:
+            raise ValueError("lateness must not be negative")
+        return self
+
+
+class AggregateRuntime:
+    def __init__(self, options: AggregateOptions, ctx: BuildContext) -> None:
+        self.options, self.ctx = options, ctx
+        self.time_field = ctx.time_field or DEFAULT_TIME_FIELD
+        needed = [*options.by]
+        for expr in options.measures.values():
+            needed += sorted(referenced_columns(expr) - set(needed))
+        self.columns = list(dict.fromkeys(needed))
+        lateness = micros(options.lateness)
+        window = options.window
+        self.sessions: SessionWindows | None = None
+        self.fixed: FixedWindows | None = None
+        if isinstance(window, SessionWindow):
+            self.sessions = SessionWindows(micros(window.gap), lateness)
+        elif isinstance(window, SlidingWindow):
+            self.fixed = FixedWindows(micros(window.size), micros(window.every), lateness)
+        else:
+            self.fixed = FixedWindows(micros(window), micros(window), lateness)
+        self.sql = SqlBatch()
+        self.buffer: list[pa.Table] = []
+        self.next_close = _FLUSH  # smallest window end still buffered (fixed windows)
+        self.late = 0  # late events so far, for the pipeline's counters
+
+    def process(self, batch: pa.Table) -> StepResult:
+        times = event_micros(batch, self.time_field)
+        part = with_columns(batch, self.columns).select(self.columns)
+        if self.fixed is not None:
+            fixed = self.fixed.assign(times)
+            late, no_time = fixed.late, fixed.no_time
+            part = _attach(part, fixed.rows, "__lb_start", fixed.starts)
+            if part.num_rows:
+                self.next_close = min(self.next_close, pc.min(fixed.starts).as_py() + self.fixed.size)
+        else:
+            assert self.sessions is not None
+            assigned = self.sessions.assign(times, self._keys(batch))
+            late, no_time = assigned.late, assigned.no_time
+            placed = [i for i, sid in enumerate(assigned.sids) if sid is not None]
+            sids = pa.array([assigned.sids[i] for i in placed], pa.int64())
+            part = _attach(part, pa.array(placed, pa.int64()), "__lb_sid", sids)
+        if part.num_rows:
+            self.buffer.append(part)
+        result = self._close(None)
+        self.late += len(late)
+        result.dead_letters += self._dead(batch, late, no_time)
+        result.errors += len(no_time)
+        return result
+
+    def finish(self) -> StepResult:
+        return self._close(_FLUSH)
+
+    def _keys(self, batch: pa.Table) -> list[tuple[Any, ...]]:
+        if not self.options.by:
+            return [()] * batch.num_rows
+        rows = to_events(with_columns(batch, self.options.by).select(self.options.by))
+        return [group_key([row.get(f) for f in self.options.by]) for row in rows]
+
+    def _dead(self, batch: pa.Table, late: list[int], no_time: list[int]) -> list[DeadLetter]:
+        """Dead letters in row order: `late` and `no_time` rows of this batch."""
+        rows = sorted([(i, "late") for i in late] + [(i, "no_time") for i in no_time])
+        if not rows:
+            return []
+        messages = {
+            "late": f"event is later than its window(s): the watermark had passed them "
+            f"(lateness {format_duration(self.options.lateness)})",
+            "no_time": f"event has no usable time in field {self.time_field!r} "
+            "(ISO 8601 text, epoch number or timestamp)",
+        }
+        events = to_events(batch.take(pa.array([i for i, _ in rows], pa.int64())))
+        return [
+            DeadLetter(step=self.ctx.step_id, reason=reason, message=messages[reason], event=event)
+            for (_, reason), event in zip(rows, events, strict=True)
+        ]
+
+    def _close(self, until: int | None) -> StepResult:
+        if self.fixed is not None:
+            limit = self.fixed.watermark.value if until is None else until
+            if not self.buffer or limit < self.next_close:
+                return StepResult()
+            table = _concat(self.buffer)
+            ends = pc.add(table.column("__lb_start"), self.fixed.size)
+            done = pc.less_equal(ends, limit)
+            rest = table.filter(pc.invert(done))
+            self.buffer = [rest] if rest.num_rows else []
+            self.next_close = (
+                pc.min(rest.column("__lb_start")).as_py() + self.fixed.size if rest.num_rows else _FLUSH
+            )
+            closed = table.filter(done)
+            closed = closed.append_column("__lb_end", pc.add(closed.column("__lb_start"), self.fixed.size))
+            return self._aggregate(closed, [])
+        assert self.sessions is not None
+        sessions = self.sessions.close(until)
+        if not sessions or not self.buffer:
+            return StepResult()
+        table = _concat(self.buffer)
+        member_of = {m: s for s in sessions for m in s.members}
+        sid_list = table.column("__lb_sid").to_pylist()
+        done = pa.array([sid in member_of for sid in sid_list])
+        rest = table.filter(pc.invert(done))
+        self.buffer = [rest] if rest.num_rows else []
+        closed_sids = [member_of[sid] for sid in sid_list if sid in member_of]
+        closed = table.filter(done).drop_columns(["__lb_sid"])
+        closed = closed.append_column("__lb_sid", pa.array([s.sid for s in closed_sids], pa.int64()))
+        closed = closed.append_column("__lb_start", pa.array([s.start for s in closed_sids], pa.int64()))
+        closed = closed.append_column("__lb_end", pa.array([s.end for s in closed_sids], pa.int64()))
+        return self._aggregate(closed, ["__lb_sid"])
+
+    def _aggregate(self, closed: pa.Table, extra: list[str]) -> StepResult:
+        if closed.num_rows == 0:
+            return StepResult()
+        groups = [quote(name) for name in ["__lb_start", "__lb_end", *self.options.by, *extra]]
+        measures = [f"{expr} AS {quote(name)}" for name, expr in self.options.measures.items()]
+        order = [groups[1], groups[0], *groups[2:]]
+        sql = (
+            f"SELECT {', '.join(groups + measures)} FROM batch "
+            f"GROUP BY {', '.join(groups)} ORDER BY {', '.join(order)}"
+        )
+        try:
+            out = self.sql.query(closed, sql)
+        except SqlError as error:  # a measure that fails on these values (sum over text)
+            message = f"aggregate failed for {closed.num_rows} buffered events: {error}"
+            dead = DeadLetter(step=self.ctx.step_id, reason="error", message=message)
+            return StepResult(dead_letters=[dead], errors=closed.num_rows)
+        return StepResult(events=self._shape(out, closed.schema))
+
+    def _shape(self, out: pa.Table, schema: pa.Schema) -> pa.Table:
+        columns: dict[str, pa.Array] = {
+            "window_start": _times_text(out.column("__lb_start")),
+            "window_end": _times_text(out.column("__lb_end")),
+        }
+        fields = [pa.field("window_start", pa.string()), pa.field("window_end", pa.string())]
+        for name in [*self.options.by, *self.options.measures]:
+            column = _plain_numbers(out.column(name).combine_chunks())
+            columns[name] = column
+            tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
+            fields.append(pa.field(name, column.type, metadata=_JSON_TAG if tagged else None))
+        return pa.table(list(columns.values()), schema=pa.schema(fields))
+
+
+def _attach(part: pa.Table, rows: pa.Array, name: str, values: pa.Array) -> pa.Table:
+    """`part`'s rows at `rows` plus column `name` (a table without columns has no rows to take)."""
+    if part.num_columns == 0:
+        return pa.table({name: values})
+    return part.take(rows).append_column(name, values)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Buffered parts as one table; a field whose type changed between batches is unified.
+
+    Arrow promotes null and int/float columns itself; anything else (int in one batch, text in
+    the next, or JSON-tagged text next to plain text) is re-unified from the decoded values.
+    """
+    if len(tables) == 1:
+        return tables[0]
+    tags = {(f.name, (f.metadata or {}).get(b"logbus.json") == b"1") for t in tables for f in t.schema}
+    if len(tags) == len({name for name, _ in tags}):
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return from_events([row for table in tables for row in to_events(table)])
+
+
+def _times_text(column: pa.ChunkedArray) -> pa.Array:
+    encoded = column.combine_chunks().dictionary_encode()
+    texts = pa.array([format_time(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(texts, encoded.indices)
+
+
+def _plain_numbers(column: pa.Array) -> pa.Array:
+    if not pa.types.is_decimal(column.type):
+        return column
+    if column.type.scale == 0:
+        try:
+            return column.cast(pa.int64())
+        except pa.ArrowInvalid:
+            pass
+    return column.cast(pa.float64())

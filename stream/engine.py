@@ -1,0 +1,179 @@
+"""The batch engine: one pipeline's steps, fed Arrow batches in order.
+
+This is the engine both `logbus test` and the live executor run, so a trial run and production
+agree by construction. Declarative steps run vectorised inside their own runtimes; code steps
+reach the sandbox through the `CodeRunner` built here, which is the only bridge from a pipeline
+to agent code. The engine itself holds no event state: windows, rule counters and dedupe keys
+live in the step runtimes, and `finish()` flushes them front to back, so that what one step
+flushes still flows through every step after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+import primitives.steps  # noqa: F401 - registers every step kind
+from primitives.batch import to_events
+from primitives.registry import STEPS
+from primitives.runtime import (
+    BuildContext,
+    CodeError,
+    CodeResult,
+    CodeRunner,
+    DeadLetter,
+    StepResult,
+    StepRuntime,
+)
+from primitives.spec import PipelineSpec, StepSpec
+from sandbox import SandboxPool
+
+
+@dataclass(slots=True)
+class StepStats:
+    """Counters of one step; `seconds` is wall time spent inside it (sandbox included)."""
+
+    id: str
+    kind: str
+    events_in: int = 0
+    events_out: int = 0
+    signals: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "in": self.events_in, "out": self.events_out,
+                "signals": self.signals, "errors": self.errors, "seconds": round(self.seconds, 4)}
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one batch (or the final flush) produced at the end of the pipeline."""
+
+    events: list[pa.Table] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    code_errors: list[tuple[str, CodeError]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def event_count(self) -> int:
+        return sum(t.num_rows for t in self.events)
+
+
+def sandbox_code_runner(pool: SandboxPool, tenant: str) -> CodeRunner:
+    """Adapt the sandbox pool to the `CodeRunner` the step kinds call."""
+
+    def run(kind: str, source: str, events: list[dict[str, Any]] | pa.Table) -> CodeResult:
+        if isinstance(events, pa.Table):
+            # Columnar both ways: the fast path (no per-event dicts on the host).
+            table_result = pool.run_table(tenant, kind, source, events)
+            return CodeResult(values=list(table_result.values or []), errors=list(table_result.errors),
+                              logs=list(table_result.logs), table=table_result.table,
+                              source_index=table_result.source_index)
+        result = pool.run(tenant, kind, source, events)
+        return CodeResult(values=list(result.values), errors=list(result.errors), logs=list(result.logs))
+
+    return run
+
+
+class Engine:
+    """Runs the steps of one pipeline version over successive batches."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        run_code: CodeRunner | None,
+        version: int = 0,
+        base_dir: str = ".",
+    ) -> None:
+        self.spec = spec
+        self._steps: list[tuple[StepSpec, StepRuntime]] = []
+        self.stats: list[StepStats] = []
+        for step_spec in spec.steps:
+            kind = STEPS[step_spec.kind]
+            ctx = BuildContext(pipeline=spec.name, version=version, step_id=step_spec.id,
+                               time_field=spec.time, run_code=run_code, base_dir=base_dir)
+            self._steps.append((step_spec, kind.build(step_spec.options, ctx)))
+            self.stats.append(StepStats(step_spec.id, step_spec.kind))
+
+    def process(self, batch: pa.Table) -> BatchOutput:
+        """Push one batch through every step."""
+        out = BatchOutput()
+        self._run_from(0, batch, out)
+        return out
+
+    def finish(self) -> BatchOutput:
+        """End of input: flush each step in order, pushing what it releases through the rest."""
+        out = BatchOutput()
+        for index, (_, runtime) in enumerate(self._steps):
+            started = time.perf_counter()
+            result = runtime.finish()
+            self._account(index, None, result, started)
+            self._collect(index, result, out)
+            if result.events is not None and result.events.num_rows:
+                self._run_from(index + 1, result.events, out)
+        return out
+
+    def process_all(self, batches: Iterable[pa.Table]) -> BatchOutput:
+        total = BatchOutput()
+        for batch in batches:
+            _merge(total, self.process(batch))
+        _merge(total, self.finish())
+        return total
+
+    def _run_from(self, start: int, batch: pa.Table, out: BatchOutput) -> None:
+        current: pa.Table | None = batch
+        for index in range(start, len(self._steps)):
+            if current is None:
+                return
+            _, runtime = self._steps[index]
+            started = time.perf_counter()
+            result = self._guarded(index, runtime, current)
+            self._account(index, current, result, started)
+            self._collect(index, result, out)
+            current = result.events
+        if current is not None and current.num_rows:
+            out.events.append(current)
+
+    def _guarded(self, index: int, runtime: StepRuntime, batch: pa.Table) -> StepResult:
+        """Run one step on one batch; a step that fails on the batch as a whole (a SQL cast that
+        cannot hold for some value, a lookup table gone) dead-letters that batch, with the reason,
+        instead of stopping the pipeline."""
+        try:
+            return runtime.process(batch)
+        except Exception as exc:
+            step_id = self._steps[index][0].id
+            message = f"step '{step_id}' failed on this batch: {type(exc).__name__}: {exc}"
+            letters = [DeadLetter(step_id, "error", message, event) for event in to_events(batch)]
+            return StepResult(events=None, dead_letters=letters, errors=batch.num_rows)
+
+    def _account(self, index: int, batch: pa.Table | None, result: StepResult, started: float) -> None:
+        stats = self.stats[index]
+        stats.seconds += time.perf_counter() - started
+        if batch is not None:
+            stats.events_in += batch.num_rows
+        if result.events is not None:
+            stats.events_out += result.events.num_rows
+        stats.signals += len(result.signals)
+        stats.errors += result.errors
+
+    def _collect(self, index: int, result: StepResult, out: BatchOutput) -> None:
+        step_id = self._steps[index][0].id
+        out.signals.extend(result.signals)
+        out.dead_letters.extend(result.dead_letters)
+        out.code_errors.extend((step_id, error) for error in result.code_errors)
+        out.logs.extend(result.logs)
+
+
+def _merge(into: BatchOutput, part: BatchOutput) -> None:
+    into.events.extend(part.events)
+    into.signals.extend(part.signals)
+    into.dead_letters.extend(part.dead_letters)
+    into.code_errors.extend(part.code_errors)
+    into.logs.extend(part.logs)

@@ -1,0 +1,194 @@
+"""A trial run: validate a pipeline, then run it over a file or a list of events and report.
+
+This is `logbus test` and, later, the body of the `test_pipeline` tool. It runs the same engine
+as the live executor, with code steps in real sandbox workers. The report is what an agent needs
+to fix its pipeline: per-step counts, outputs, signals, errors grouped by step/type/line with a
+sample, dead letters by reason, and timing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+
+from primitives.batch import from_events, to_events
+from primitives.runtime import CodeError, DeadLetter
+from sandbox import SandboxPool
+from stream.engine import BatchOutput, Engine, sandbox_code_runner
+from stream.inputs import Format, read_events
+from stream.validation import Validation, validate_pipeline, validate_spec
+
+MAX_OUTPUTS = 100
+MAX_ERROR_GROUPS = 50
+MAX_DEAD_LETTER_SAMPLES = 20
+
+Progress = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class TrialReport:
+    validation: Validation
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    output_count: int = 0
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    dead_letter_samples: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    events_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed_steps(self) -> list[str]:
+        return [s["id"] for s in self.steps if s["errors"]]
+
+    @property
+    def ok(self) -> bool:
+        return self.validation.valid and not self.failed_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.validation.to_dict(),
+            "ok": self.ok,
+            "events_read": self.events_read,
+            "steps": self.steps,
+            "outputs": self.outputs,
+            "output_count": self.output_count,
+            "signals": self.signals,
+            "errors": self.errors,
+            "dead_letters": self.dead_letters,
+            "dead_letter_reasons": self.dead_letter_reasons,
+            "dead_letter_samples": self.dead_letter_samples,
+            "logs": self.logs,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def run_trial(
+    pipeline: str | bytes,
+    *,
+    source: str | Path | BinaryIO | None = None,
+    events: list[dict[str, Any]] | None = None,
+    fmt: Format = "ndjson",
+    limit: int | None = None,
+    pool: SandboxPool | None = None,
+    tenant: str = "default",
+    base_dir: str = ".",
+    progress: Progress | None = None,
+) -> TrialReport:
+    """Validate `pipeline`, then run it over `source` (a file) or `events` (a list)."""
+    started = time.perf_counter()
+    validation = validate_pipeline(pipeline)
+    return _run(validation, source, events, fmt, limit, pool, tenant, base_dir, progress, started)
+
+
+def run_trial_spec(spec: Any, **kwargs: Any) -> TrialReport:
+    started = time.perf_counter()
+    return _run(validate_spec(spec), kwargs.pop("source", None), kwargs.pop("events", None),
+                kwargs.pop("fmt", "ndjson"), kwargs.pop("limit", None), kwargs.pop("pool", None),
+                kwargs.pop("tenant", "default"), kwargs.pop("base_dir", "."), kwargs.pop("progress", None),
+                started)
+
+
+def _run(validation: Validation, source: Any, events: list[dict[str, Any]] | None, fmt: Format,
+         limit: int | None, pool: SandboxPool | None, tenant: str, base_dir: str,
+         progress: Progress | None, started: float) -> TrialReport:
+    report = TrialReport(validation)
+    if not validation.valid or validation.spec is None:
+        report.seconds = time.perf_counter() - started
+        return report
+    own_pool = pool is None
+    pool = pool or SandboxPool()
+    try:
+        engine = Engine(validation.spec, run_code=sandbox_code_runner(pool, tenant), base_dir=base_dir)
+        total = BatchOutput()
+        batches = _batches(source, events, fmt, limit, report)
+        for batch in batches:
+            report.events_read += batch.num_rows
+            _fold(report, total, engine.process(batch))
+            if progress:
+                progress(report.events_read)
+        _fold(report, total, engine.finish())
+        report.steps = [s.to_dict() for s in engine.stats]
+        report.signals = _latest_signals(total.signals)
+        report.errors = _group_errors(total.code_errors)
+        report.logs = total.logs[:100]
+    finally:
+        if own_pool:
+            pool.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _batches(source: Any, events: list[dict[str, Any]] | None, fmt: Format, limit: int | None,
+             report: TrialReport) -> Iterable[pa.Table]:
+    if events is not None:
+        chosen = events if limit is None else events[:limit]
+        yield from_events(chosen)
+        return
+    if source is None:
+        raise ValueError("give either a source file or a list of events")
+    for batch in read_events(source, fmt, limit=limit):
+        _count_dead(report, batch.dead_letters)
+        yield batch.table
+
+
+def _fold(report: TrialReport, total: BatchOutput, part: BatchOutput) -> None:
+    """Keep the first outputs, count the rest; keep all signals and errors for grouping."""
+    for table in part.events:
+        report.output_count += table.num_rows
+        room = MAX_OUTPUTS - len(report.outputs)
+        if room > 0:
+            report.outputs.extend(to_events(table.slice(0, room)))
+    total.signals.extend(part.signals)
+    total.code_errors.extend(part.code_errors)
+    total.logs.extend(part.logs[: max(0, 100 - len(total.logs))])
+    _count_dead(report, part.dead_letters)
+
+
+def _count_dead(report: TrialReport, dead: list[DeadLetter]) -> None:
+    report.dead_letters += len(dead)
+    for letter in dead:
+        report.dead_letter_reasons[letter.reason] = report.dead_letter_reasons.get(letter.reason, 0) + 1
+        if len(report.dead_letter_samples) < MAX_DEAD_LETTER_SAMPLES:
+            report.dead_letter_samples.append({"step": letter.step, "reason": letter.reason,
+                                               "message": letter.message, "line": letter.line,
+                                               "event": letter.event})
+
+
+def _latest_signals(signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signals are upserts by id: keep each id's latest state, in order of first appearance."""
+    latest: dict[str, dict[str, Any]] = {}
+    for signal in signals:
+        latest[signal["id"]] = signal
+    return list(latest.values())
+
+
+def _group_errors(errors: list[tuple[str, CodeError]]) -> list[dict[str, Any]]:
+    """One entry per (step, reason, error type, snippet line), most frequent first.
+
+    Messages often carry per-event values ("invalid literal for int(): 'abc'"), so they are not
+    part of the key: the first one is kept as the group's example.
+    """
+    counts: Counter[tuple[str, str, str, int | None]] = Counter()
+    first: dict[tuple[str, str, str, int | None], CodeError] = {}
+    for step_id, error in errors:
+        key = (step_id, error.reason, error.error_type, error.line)
+        counts[key] += 1
+        first.setdefault(key, error)
+    groups = []
+    for key, count in counts.most_common(MAX_ERROR_GROUPS):
+        step_id, reason, error_type, line = key
+        example = first[key]
+        groups.append({"step": step_id, "reason": reason, "error_type": error_type, "line": line,
+                       "function": example.function, "message": example.message, "count": count,
+                       "first_event_index": example.index})
+    return groups

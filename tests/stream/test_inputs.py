@@ -1,0 +1,90 @@
+"""Input files become Arrow batches; every bad line becomes a dead letter with its line number."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from stream import inputs
+from stream.inputs import read_all, read_events
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _read(data: bytes, fmt: str = "ndjson", **kwargs):  # type: ignore[no-untyped-def]
+    return read_all(io.BytesIO(data), fmt, **kwargs)  # type: ignore[arg-type]
+
+
+def test_lines_format_splits_on_lf_crlf_and_bare_cr() -> None:
+    batch = _read(b"one\r\ntwo\rthree\nfour", "lines")
+    assert batch.table.column("message").to_pylist() == ["one", "two", "three", "four"]
+    assert batch.dead_letters == []
+
+
+def test_crlf_split_across_read_chunks_is_one_line_ending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 4)
+    batch = _read(b"abc\r\ndef\r\nghi\r\n", "lines")
+    assert batch.table.column("message").to_pylist() == ["abc", "def", "ghi"]
+
+
+def test_apache_log_mixing_crlf_and_cr_loses_no_line() -> None:
+    batch = read_all(SHARED / "loghub" / "Apache_2k.log", "lines")
+    messages = batch.table.column("message").to_pylist()
+    assert len(messages) == 2000
+    assert not any("\r" in m or "\n" in m for m in messages)
+
+
+def test_ndjson_fast_path_keeps_values() -> None:
+    rows = [{"a": i, "s": f"x{i}", "nested": {"k": i}} for i in range(100)]
+    batch = _read(("\n".join(json.dumps(r) for r in rows) + "\n").encode())
+    assert batch.table.num_rows == 100
+    assert batch.table.slice(3, 1).to_pylist()[0]["nested"] == {"k": 3}
+
+
+def test_iso_timestamps_stay_the_strings_the_file_holds() -> None:
+    data = b'{"ts": "2024-01-01 00:00:00"}\n{"ts": "2024-01-01 00:00:01"}\n'
+    batch = _read(data)
+    assert batch.table.column("ts").to_pylist() == ["2024-01-01 00:00:00", "2024-01-01 00:00:01"]
+
+
+def test_bad_lines_become_dead_letters_and_good_lines_are_kept() -> None:
+    deep = b"[" * 2000 + b"]" * 2000
+    data = b"\n".join([
+        b'{"ok": 1}',
+        b'{"broken": ',
+        b'\xff\xfe{"bad": "utf8"}',
+        b"[1, 2, 3]",
+        b'{"nested": ' + deep + b"}",
+        b'{"big": "' + b"x" * (inputs.MAX_LINE_BYTES + 10) + b'"}',
+        b'{"ok": 2}',
+    ])
+    batch = _read(data)
+    assert batch.table.column("ok").to_pylist() == [1, 2]
+    reasons = {d.line: d.reason for d in batch.dead_letters}
+    assert reasons == {2: "bad_json", 3: "invalid_utf8", 4: "not_an_object", 5: "too_deep", 6: "too_large"}
+    assert all(d.message.startswith(f"line {d.line}: ") for d in batch.dead_letters)
+
+
+def test_a_field_changing_type_between_events_does_not_lose_events() -> None:
+    batch = _read(b'{"v": 1}\n{"v": "one"}\n{"v": {"x": 1}}\n')
+    assert batch.table.num_rows == 3
+    assert batch.dead_letters == []
+
+
+def test_limit_stops_after_n_events() -> None:
+    data = b"".join(b'{"i": %d}\n' % i for i in range(1000))
+    batches = list(read_events(io.BytesIO(data), "ndjson", limit=250, batch_size=100))
+    assert [b.table.num_rows for b in batches] == [100, 100, 50]
+
+
+def test_empty_input_gives_no_events() -> None:
+    assert _read(b"").table.num_rows == 0
+    assert _read(b"\n\r\n\r", "lines").table.num_rows == 0
+
+
+def test_unknown_format_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown input format 'csv'"):
+        list(read_events(io.BytesIO(b""), "csv"))  # type: ignore[arg-type]
