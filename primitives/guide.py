@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 import primitives.steps  # noqa: F401 - registers every step kind
 from primitives.registry import STEPS, StepKind
-from primitives.sqlcheck import describe_sql
+from primitives.spec import MAX_SPEC_BYTES
+from primitives.sqlcheck import MAX_EXPRESSION_CHARS, describe_sql
 
 TOPICS = ("spec", "steps", "sql", "python", "examples")
 
@@ -54,11 +55,11 @@ steps:                         # in order; each step is a mapping with ONE kind 
 def render_guide(topic: str | None = None, *, language: str | None = None) -> str:
     """The whole guide, or one topic; raises KeyError naming the known topics."""
     if topic is None:
-        parts = [SPEC, _steps(), _sql(), _python(language), _examples()]
+        parts = [_spec(), _steps(), _sql(), _python(language), _examples()]
         return "\n\n".join(parts)
     key = topic.strip().lower()
     if key == "spec":
-        return SPEC
+        return _spec()
     if key == "steps":
         return _steps()
     if key == "sql":
@@ -70,6 +71,28 @@ def render_guide(topic: str | None = None, *, language: str | None = None) -> st
     if key in STEPS:
         return _kind(STEPS[key], detail=True)
     raise KeyError(f"unknown guide topic {topic!r}; topics: {', '.join(TOPICS + tuple(STEPS))}")
+
+
+def _spec() -> str:
+    """The format, then the semantics every step shares, from the modules that implement them."""
+    from primitives import eventtime, signals, windows
+
+    sections = [SPEC, "## Limits", "",
+                f"- A spec is at most {MAX_SPEC_BYTES // 1024} KiB of YAML or JSON; YAML anchors/aliases are "
+                "refused.",
+                "- Names and step ids: `[a-z0-9][a-z0-9_-]{0,62}`; ids are unique within a pipeline.",
+                f"- A SQL expression is at most {MAX_EXPRESSION_CHARS:,} characters; a Python snippet at "
+                "most 64 KiB (the python topic gives the sandbox's time and memory limits).",
+                "- Signals keep up to 10 sample events."]
+    for title, module in (("Event time", eventtime), ("Windows", windows), ("Signals", signals)):
+        sections += ["", f"## {title}", "", _first_part(inspect.getdoc(module) or "")]
+    return "\n".join(sections)
+
+
+def _first_part(doc: str) -> str:
+    """A module docstring minus its implementation notes (the paragraph about ints, say)."""
+    paragraphs = doc.replace("(see primitives.eventtime)", "(see Event time)").split("\n\n")
+    return "\n\n".join(p for p in paragraphs if "microseconds since" not in p)
 
 
 def examples() -> dict[str, str]:

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from primitives.batch import with_columns
-from primitives.sqlcheck import referenced_columns
+from primitives.sqlcheck import referenced_columns, sql_quote
 
 LOCKED_CONFIG: dict[str, Any] = {
     "enable_external_access": False,
@@ -33,8 +33,8 @@ class SqlError(ValueError):
     """An expression failed at run time (a bad cast, say); the message is DuckDB's."""
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+# Column names in SQL we build are always double-quoted, embedded quotes doubled.
+quote = sql_quote
 
 
 class SqlBatch:

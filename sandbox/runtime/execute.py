@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import chain, repeat
 from math import isfinite
+from operator import itemgetter
 from typing import Any
 
 from sandbox.runtime.allowlist import (
@@ -41,6 +43,7 @@ class OutputCaps:
 DEFAULT_CAPS = OutputCaps()
 _SEVERITIES = frozenset(SEVERITIES)
 _RETURNED = "the returned dict"
+_by_index = itemgetter("index")
 
 
 class BadOutput(Exception):
@@ -146,6 +149,126 @@ def _plain_dict(d: Mapping[Any, Any], depth: int, budget: int, caps: OutputCaps,
     return out, budget
 
 
+# -- the bulk check of one-dict outputs ---------------------------------------------------------
+# Most transforms return one flat dict per event, mostly with the same keys. For those, the checks
+# of _plain_dict reduce to a few facts per column (the values under one key across events), each
+# decided by one C-level pass over exact builtin types: which types occur, min/max of the ints,
+# the sum of the floats (NaN or inf make it non-finite), whether every str is ASCII, the longest
+# str. Nothing here calls a method a snippet could define: the types are established first (by
+# `type()`, which dispatches nothing), and only exact str/int/float/bool/None values reach an
+# operation. Any doubt sends a row to _plain_dict, the exact checker, which also writes every
+# error message: this path never rejects, it only vouches for rows _plain_dict would pass as is.
+
+_BULK_MIN = 32  # below this, building columns costs more than it saves
+_STR_ONLY = frozenset({str})
+_TEXT = frozenset({str, type(None)})
+_NUMBERS = frozenset({int, float, bool, type(None)})
+# The per-row cost _plain_dict charges a value, besides len(key): _scalar_size(v) + 4.
+_NUMBER_COST, _FLAG_COST, _STR_COST = 12, 9, 6
+
+
+def _scan(column: list[Any], slow: set[int]) -> int:
+    """Exact per-value check of a column that mixes types: rows with a value that is not a valid
+    JSON scalar go to `slow`; returns the largest cost of the others."""
+    worst = _FLAG_COST
+    for row, value in enumerate(column):
+        try:
+            size = _scalar_size(value, "")
+        except BadOutput:
+            size = -1
+        if size < 0:
+            slow.add(row)
+        elif size + 4 > worst:
+            worst = size + 4
+    return worst
+
+
+def _column_cost(column: list[Any], slow: set[int]) -> int:
+    """Checks one column; rows it cannot vouch for go to `slow`. Returns an upper bound of what
+    _plain_dict charges any other row for its value here (len(key) aside)."""
+    kinds = set(map(type, column))
+    if kinds <= _TEXT:
+        texts = list(filter(None, column)) if type(None) in kinds else column  # "" is fine too
+        if not all(map(str.isascii, texts)):
+            return _scan(column, slow)  # some are non-ASCII: only a per-value encode can tell
+        return max(_STR_COST + max(map(len, texts), default=0), _FLAG_COST)
+    if kinds <= _NUMBERS:
+        if int not in kinds and float not in kinds:
+            return _FLAG_COST
+        numbers = list(filter(None, column))  # drops None, 0, 0.0, False: all valid
+        try:
+            # NaN or inf anywhere makes the sum NaN or inf (a finite overflow only costs a scan)
+            if float in kinds and not isfinite(sum(numbers)):
+                return _scan(column, slow)
+            if int in kinds and not MIN_INT <= min(numbers, default=0) <= max(numbers, default=0) <= MAX_INT:
+                return _scan(column, slow)
+        except OverflowError:  # an int too large for the float sum
+            return _scan(column, slow)
+        return _NUMBER_COST
+    return _scan(column, slow)
+
+
+def _flat_rows(outs: list[dict[str, Any]], max_bytes: int) -> set[int] | None:
+    """Rows of `outs` (dicts with exact-str keys) that _plain_dict must see; None for all."""
+    total = sum(map(len, outs))
+    names = list(outs[0])
+    columns: list[list[Any]] = []
+    try:
+        columns = [list(map(itemgetter(name), outs)) for name in names]
+        uniform = total == len(names) * len(outs)
+    except KeyError:
+        uniform = False
+    if not uniform:  # rows differ in keys: a missing key is charged as a None, which costs more
+        names = list(dict.fromkeys(chain.from_iterable(outs)))
+        if len(names) * len(outs) > 8 * total + 1024:
+            return None  # keys that are mostly unique per row: columns would be mostly holes
+        columns = [list(map(dict.get, outs, repeat(name))) for name in names]
+    keys = "".join(names)
+    if not keys.isascii() and not all(_scalar_size(name, "") >= 0 for name in names):
+        return None  # a key that is not valid UTF-8 (BadOutput from _scalar_size goes up too)
+    slow: set[int] = set()
+    bound = 2 + len(keys) + sum(_column_cost(column, slow) for column in columns)
+    return slow if bound <= max_bytes else None
+
+
+def _exact_rows(outs: list[dict[str, Any]], caps: OutputCaps) -> set[int] | None:
+    """Rows of `outs` (exact dicts) that _plain_dict must see; the others are plain JSON data
+    within the caps exactly as they are. None: all of them."""
+    if len(outs) < _BULK_MIN or caps.max_depth < 1:
+        return None
+    keyed = list(map(_STR_ONLY.issuperset, map(map, repeat(type), outs)))
+    if all(keyed):
+        return _flat_rows(outs, caps.max_bytes)
+    good = [row for row, ok in enumerate(keyed) if ok]
+    if len(good) < _BULK_MIN:
+        return None
+    inner = _flat_rows([outs[row] for row in good], caps.max_bytes)
+    if inner is None:
+        return None
+    return {row for row, ok in enumerate(keyed) if not ok} | {good[row] for row in inner}
+
+
+def _check_dicts(values: list[Any], indices: list[int], caps: OutputCaps, fn: str,
+                 errors: list[dict[str, Any]]) -> None:
+    """values[i] for i in indices is the exact dict event i returned: replace it by [dict], or by
+    None with an error in `errors`."""
+    outs = [values[i] for i in indices]
+    try:
+        slow = _exact_rows(outs, caps)
+    except BadOutput:
+        slow = None
+    max_bytes = caps.max_bytes
+    for row, (i, out) in enumerate(zip(indices, outs, strict=True)):
+        if slow is not None and row not in slow:
+            values[i] = [out]
+            continue
+        try:
+            values[i] = [_plain_dict(out, 0, max_bytes, caps, _RETURNED)[0]]
+        except Exception as exc:
+            values[i] = None
+            errors.append(_error(i, exc, fn))
+
+
 def _records(value: Any, fn: str, caps: OutputCaps) -> list[dict[str, Any]]:
     """transform/derive result -> list of plain dicts."""
     if value is None:
@@ -232,17 +355,30 @@ def run_events(ep: Entrypoints, events: list[dict[str, Any]],
     kind = ep.kind
     # One loop per kind: this is the hot path, so the kind is not re-tested per event.
     if kind == "transform" or kind == "derive":
-        max_bytes = caps.max_bytes
+        # Outputs are checked after the loop, all together: one column-wise pass over the common
+        # case (one flat dict per event) costs a fraction of a per-field walk. Checking after the
+        # last call also means what is checked is exactly what is sent, even if a later call
+        # mutated an earlier output.
+        single: list[int] = []
+        other: list[int] = []
         for i, event in enumerate(events):
             prints.index = i
             try:
                 out = fn(event)
-                if type(out) is dict:  # the common case: one plain dict
-                    values[i] = [_plain_dict(out, 0, max_bytes, caps, _RETURNED)[0]]
-                else:
-                    values[i] = _records(out, name, caps)
+                values[i] = out
+                (single if type(out) is dict else other).append(i)
             except Exception as exc:  # one bad event never stops the batch
                 errors.append(_error(i, exc, name))
+        failed = len(errors)
+        for i in other:
+            try:
+                values[i] = _records(values[i], name, caps)
+            except Exception as exc:
+                values[i] = None
+                errors.append(_error(i, exc, name))
+        _check_dicts(values, single, caps, name, errors)
+        if len(errors) > failed:
+            errors.sort(key=_by_index)
     elif kind == "rule":
         for i, event in enumerate(events):
             prints.index = i

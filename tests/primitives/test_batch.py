@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from primitives.batch import concat, from_events, is_json_field, to_events, with_columns
+from primitives.sqlexec import SqlBatch
 
 
 def test_a_field_only_later_events_have_is_kept() -> None:
@@ -20,7 +23,7 @@ def test_int_and_float_unify_to_float() -> None:
 
 
 def test_type_change_between_events_keeps_each_original_value() -> None:
-    events = [{"v": 1}, {"v": "one"}, {"v": {"x": [1, 2]}}, {"v": True}, {"v": None}]
+    events: list[dict[str, Any]] = [{"v": 1}, {"v": "one"}, {"v": {"x": [1, 2]}}, {"v": True}, {"v": None}]
     table = from_events(events)
     assert is_json_field(table.schema.field("v"))
     assert to_events(table) == events
@@ -32,7 +35,7 @@ def test_integers_beyond_int64_survive_exactly() -> None:
 
 
 def test_empty_objects_and_nested_values_round_trip() -> None:
-    events = [{"o": {}}, {"o": {}}]
+    events: list[dict[str, Any]] = [{"o": {}}, {"o": {}}]
     assert to_events(from_events(events)) == events
     nested = [{"req": {"path": "/a", "headers": {"ua": "curl"}}, "tags": ["x", "y"]}]
     assert to_events(from_events(nested)) == nested
@@ -54,3 +57,48 @@ def test_with_columns_adds_null_columns_only_where_missing() -> None:
 def test_concat_of_conflicting_batches_falls_back_without_loss() -> None:
     merged = concat([from_events([{"v": 1}]), from_events([{"v": "x"}]), from_events([{"w": 2.0}])])
     assert to_events(merged) == [{"v": 1, "w": None}, {"v": "x", "w": None}, {"v": None, "w": 2.0}]
+
+
+def test_bool_and_int_do_not_merge_into_numbers() -> None:
+    """True is not 1: a field that is a bool in one event and an int in another keeps both."""
+    events: list[dict[str, Any]] = [{"b": True}, {"b": 1}, {"b": 0}, {"b": False}]
+    table = from_events(events)
+    assert is_json_field(table.schema.field("b"))
+    assert [type(e["b"]) for e in to_events(table)] == [bool, int, int, bool]
+
+
+def test_type_change_inside_a_nested_object_keeps_the_whole_object() -> None:
+    events: list[dict[str, Any]] = [{"o": {"x": 1, "y": "a"}}, {"o": {"x": "one"}}, {"o": None}]
+    assert to_events(from_events(events)) == events
+    mixed_list: list[dict[str, Any]] = [{"l": [1, "a", None, {"k": 2}]}]
+    assert to_events(from_events(mixed_list)) == mixed_list
+
+
+def test_nested_keys_missing_in_some_events_read_as_none() -> None:
+    table = from_events([{"req": {"path": "/a"}}, {"req": {"path": "/b", "query": "x=1"}}])
+    assert to_events(table) == [{"req": {"path": "/a", "query": None}},
+                                {"req": {"path": "/b", "query": "x=1"}}]
+
+
+def test_all_null_field_and_key_order_of_first_appearance() -> None:
+    table = from_events([{"b": None, "a": 1}, {"c": 2, "b": None}])
+    assert table.column_names == ["b", "a", "c"]
+    assert to_events(table) == [{"b": None, "a": 1, "c": None}, {"b": None, "a": None, "c": 2}]
+
+
+def test_with_columns_on_an_empty_batch_gives_columns_without_rows() -> None:
+    table = with_columns(from_events([]), ["status"])
+    assert table.column_names == ["status"] and table.num_rows == 0
+
+
+def test_sql_reads_a_json_tagged_field_as_its_json_text() -> None:
+    """A field whose type changes is JSON text to SQL: json functions and casts read it."""
+    table = from_events([{"v": 5}, {"v": "7"}, {"v": {"n": 9}}])
+    out = SqlBatch().select(table, {"n": "coalesce(TRY_CAST(v AS INTEGER), CAST(v ->> '$.n' AS INTEGER))"},
+                            keep_rest=False)
+    assert out.column("n").to_pylist() == [5, None, 9]
+
+
+def test_unicode_field_names_and_astral_characters_round_trip() -> None:
+    events: list[dict[str, Any]] = [{"clé": "🚀 emoji", "名前": "テスト", "nul": "a\u0000b"}]
+    assert to_events(from_events(events)) == events

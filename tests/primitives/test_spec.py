@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
 
-from primitives.durations import parse_duration
+from primitives.durations import format_duration, parse_duration
 from primitives.spec import SpecError, code_hash, code_snippets, load_spec
 
 BASE = """\
@@ -105,3 +106,88 @@ def test_durations() -> None:
     assert parse_duration("250ms").total_seconds() == 0.25
     with pytest.raises(ValueError, match="'60x' is not a duration; use 60s, 5m, 1h"):
         parse_duration("60x")
+
+
+def _diagnostics(text: str) -> list[Any]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(text)
+    return list(caught.value.diagnostics)
+
+
+def test_yaml_diagnostics_carry_the_line_of_the_bad_key() -> None:
+    text = BASE.replace("window: 60s", "window: 60x") + "start: now\n"
+    by_path = {d.message.split(":", 1)[0]: d.line for d in _diagnostics(text)}
+    assert [line for path, line in by_path.items() if path.startswith("steps[2].aggregate.window")] == [10]
+    assert by_path["start"] == 11
+
+
+def test_sql_errors_have_their_own_code_path_and_hint() -> None:
+    text = ("name: x\nsource: s\nsteps:\n  - filter: \"status >= 500 --\"\n"
+            "  - aggregate: {window: 1m, measures: {n: \"cnt(*)\"}}\n"
+            "  - transform: {set: {home: \"getenv('HOME')\"}}\n"
+            "  - derive:\n      title: t\n      when: |\n        n > 5\n        AND now() > ts\n")
+    found = {d.message.split(":", 1)[0]: d for d in _diagnostics(text)}
+    assert {path: d.code for path, d in found.items()} == {
+        "steps[0].filter": "sql-invalid", "steps[1].aggregate.measures.n": "sql-invalid",
+        "steps[2].transform.set.home": "sql-invalid", "steps[3].derive.when": "sql-invalid"}
+    assert "comments are not allowed" in found["steps[0].filter"].message
+    assert found["steps[1].aggregate.measures.n"].hint.startswith("did you mean count()?")
+    assert "getenv() is not allowed" in found["steps[2].transform.set.home"].message
+    # the second line of the block scalar, i.e. line 11 of the file
+    assert "now() is not allowed" in found["steps[3].derive.when"].message
+    assert found["steps[3].derive.when"].line == 11
+
+
+def test_a_sql_error_is_reported_once() -> None:
+    messages = _errors("name: x\nsource: s\nsteps:\n  - filter: 'read_csv(1)'\n")
+    assert len(messages) == 1 and messages[0].startswith("steps[0].filter: function read_csv()")
+
+
+def test_alert_and_sink_destinations_need_exactly_one_valid_kind() -> None:
+    base = "name: x\nsource: s\nsteps: [{filter: 'a > 1'}]\n"
+    spec = load_spec(base + "alerts:\n  - webhook: {url: 'https://h.example/x', format: slack}\n"
+                     "  - file: alerts.jsonl\n  - stdout:\nsinks: [{parquet: {}}]\n")
+    assert spec.alerts[0].webhook is not None and spec.alerts[0].webhook.format == "slack"
+    assert spec.alerts[1].file == "alerts.jsonl" and spec.alerts[2].stdout is not None
+    assert spec.sinks[0].parquet is not None and spec.sinks[0].parquet.partition_by == "date"
+    messages = _errors(base + "alerts:\n  - {}\n  - {file: a, stdout: {}}\n  - webhook: {url: 'file:///etc/x'}\n"
+                       "  - email: a@b\n")
+    assert messages[0].startswith("alerts[0]: an alert destination has exactly one of webhook, file, stdout")
+    assert messages[1].startswith("alerts[1]: an alert destination has exactly one of")
+    assert messages[2].startswith("alerts[2].webhook.url: 'file:///etc/x' is not an http(s) URL")
+    assert messages[3].startswith("alerts[3].email: unknown key")
+
+
+def test_names_ids_and_start_are_validated() -> None:
+    messages = _errors("name: -bad\nsource: 'a b'\nstart: now\nsteps:\n  - {id: Bad!, filter: 'a > 1'}\n")
+    assert [m.split(":", 1)[0] for m in messages] == ["name", "source", "start", "steps[0].id"]
+    assert "is not a valid id" in messages[3]
+
+
+def test_json_spec_and_yaml_flow_mapping_both_load() -> None:
+    flow = "{name: x, source: s, steps: [{filter: 'a > 1'}]}"
+    assert load_spec(flow).name == "x"
+    with pytest.raises(SpecError) as caught:
+        load_spec('{"name": "x",', filename="p.json")
+    first = caught.value.diagnostics[0]
+    assert first.code == "spec-syntax" and "invalid JSON" in first.message
+
+
+def test_code_hash_is_about_meaning_not_spelling() -> None:
+    """60s and 1m, shorthand and long forms, key order: one pipeline, one hash; any real change shows."""
+    spec = load_spec(BASE)
+    respelled = BASE.replace("window: 60s", "window: 1m").replace('- filter: "status >= 500"',
+                                                                  '- filter: {expr: "status >= 500"}')
+    assert code_hash(load_spec(respelled)) == code_hash(spec)
+    assert code_hash(load_spec(BASE.replace("by: [host]", "by: [host, path]"))) != code_hash(spec)
+    assert code_hash(load_spec(BASE.replace("status >= 500", "status >= 501"))) != code_hash(spec)
+    assert code_hash(load_spec(BASE.replace("source: web", "source: web2"))) != code_hash(spec)
+    assert code_hash(load_spec(BASE + "start: earliest\n")) != code_hash(spec)
+
+
+def test_duration_spellings_and_refusals() -> None:
+    assert parse_duration(90).total_seconds() == 90 and parse_duration("1.5s").total_seconds() == 1.5
+    assert format_duration(parse_duration("90s")) == "1m30s" and format_duration(parse_duration("0s")) == "0s"
+    for bad in ("", "-5s", "1y", "5 m", True, None, float("nan"), "10000d", [1]):
+        with pytest.raises(ValueError, match="is not a duration; use 60s, 5m, 1h"):
+            parse_duration(bad)

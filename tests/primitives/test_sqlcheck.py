@@ -149,3 +149,25 @@ def test_sql_guide_lists_the_functions_and_the_rules() -> None:
     text = describe_sql()
     assert "`regexp_matches`" in text and "`approx_count_distinct`" in text
     assert "window functions" in text and "subqueries" in text
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT getenv('HOME')",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+])
+def test_the_step_connection_is_locked_even_for_unchecked_sql(sql: str) -> None:
+    """Second layer: if an expression slipped past the check, the connection itself refuses."""
+    from primitives.sqlexec import SqlError
+
+    with pytest.raises(SqlError):
+        SqlBatch().query(pa.table({"a": [1]}), sql)
+
+
+def test_odd_field_names_are_quoted_and_missing_fields_read_as_null() -> None:
+    expr = '"we""ird name" > 1 OR missing IS NOT NULL'
+    assert check_expression(expr, role="predicate") == []
+    assert referenced_columns(expr) == {'we"ird name', "missing"}
+    table = pa.table({'we"ird name': [0, 2, None]})
+    assert SqlBatch().filter(table, expr).column(0).to_pylist() == [2]
