@@ -5,11 +5,17 @@ own, `SELECT (<expr>) AS __lb_expr FROM batch`, which DuckDB parses into its own
 (`json_serialize_sql`); we then require the statement to have exactly the shape we built (one
 SELECT, one output, FROM batch, no WHERE/GROUP/CTE...), so text that closes our parenthesis and
 smuggles a clause or a second statement fails, and walk the expression tree against an allowlist:
-column references, literals, operators, CASE, CAST, IN lists, and the functions in `FUNCTIONS`.
+column references, literals, operators, CASE, CAST, IN lists, and the functions in
+`SCALAR_FUNCTIONS` (plus `AGGREGATE_FUNCTIONS` for aggregate.measures).
 Anything else — subqueries, window functions, table functions, parameters, settings or
 environment access, non-deterministic functions — is refused with a message that says what to
 write instead. The connection that runs the expressions is locked down too (`sqlexec`); this check
 is the first of the two layers, and the one that gives the agent a useful message.
+
+Decisions: lambdas are allowed only in the `lambda x: ...` form and only as the argument of the
+list functions listed (pure, and their parameters are not fields); `hash`/`md5`/`sha256` are
+allowed (deterministic for a given DuckDB version); invisible characters (control and format
+characters, bidi overrides) are refused anywhere, since they hide what a reviewer reads.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import difflib
 import json
 import threading
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -53,7 +60,7 @@ SCALAR_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "math": ("pure arithmetic", (
         "abs", "ceil", "ceiling", "floor", "round", "trunc", "sqrt", "cbrt", "pow", "power", "exp",
         "ln", "log", "log2", "log10", "sign", "greatest", "least", "isnan", "isinf", "isfinite",
-        "gcd", "lcm", "even", "pi", "degrees", "radians", "bit_count", "fmod",
+        "gcd", "lcm", "even", "pi", "degrees", "radians", "bit_count", "fmod", "mod",
     )),
     "time": ("calendar arithmetic on values (no clock reads: replays must give the same answer)", (
         "date_trunc", "date_part", "datepart", "date_diff", "datediff", "date_sub", "date_add",
@@ -94,7 +101,9 @@ AGGREGATE_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 OPERATORS: dict[str, str] = {
     "+": "+", "-": "-", "*": "*", "/": "/", "//": "//", "%": "%", "**": "**", "^": "^",
     "||": "||", "~~": "LIKE", "!~~": "NOT LIKE", "~~*": "ILIKE", "!~~*": "NOT ILIKE",
-    "~~~": "GLOB", "^@": "^@ (starts with)", "&": "&", "|": "|", "<<": "<<",
+    "~~~": "GLOB", "like_escape": "LIKE ... ESCAPE", "not_like_escape": "NOT LIKE ... ESCAPE",
+    "ilike_escape": "ILIKE ... ESCAPE", "not_ilike_escape": "NOT ILIKE ... ESCAPE",
+    "^@": "^@ (starts with)", "&": "&", "|": "|", "<<": "<<",
     ">>": ">>", "~": "~", "->>": "->>", "@>": "@>", "<@": "<@", "&&": "&&",
 }
 # Functions whose argument may be a lambda (`list_filter(tags, t -> t LIKE 'x%')`).
@@ -120,12 +129,26 @@ DENIED: dict[str, str] = {
 }
 
 
+# Bare keywords DuckDB binds to a function when no field has that name (`SELECT current_date`):
+# unquoted, they read the clock or the session, so they are refused; "current_date" (quoted) is a field.
+# `user` is left out on purpose: it is a common log field, and the steps always supply every field
+# an expression names (NULL when absent), so `user` never falls through to current_user.
+CLOCK_KEYWORDS = frozenset({"current_date", "current_time", "current_timestamp", "localtime",
+                            "localtimestamp"})
+SESSION_KEYWORDS = frozenset({"current_user", "session_user", "current_role", "current_catalog",
+                              "current_schema"})
+# The name under which the steps register the batch; `batch.x` would bind to its column x, not to a
+# field `batch`, so qualified references are refused (write `x`).
+TABLE_NAMES = frozenset({"batch"})
 def _names(table: dict[str, tuple[str, tuple[str, ...]]]) -> frozenset[str]:
     return frozenset(name for _, names in table.values() for name in names)
 
 
 SCALAR_NAMES = _names(SCALAR_FUNCTIONS)
 AGGREGATE_NAMES = _names(AGGREGATE_FUNCTIONS)
+# The public names the guide and other modules list.
+ALLOWED_SCALAR_FUNCTIONS: frozenset[str] = SCALAR_NAMES
+ALLOWED_AGGREGATE_FUNCTIONS: frozenset[str] = AGGREGATE_NAMES
 _ALLOWED_OPERATOR_NODES = frozenset({
     "OPERATOR_NOT", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "OPERATOR_COALESCE", "COMPARE_IN",
     "COMPARE_NOT_IN", "ARRAY_EXTRACT", "ARRAY_SLICE", "STRUCT_EXTRACT", "OPERATOR_NULLIF",
@@ -174,14 +197,14 @@ def _analyse(expr: str, role: str) -> tuple[tuple[Diagnostic, ...], frozenset[st
         return (_parse_error(expr, tree),), frozenset()
     node = _expression_of(tree)
     if node is None:
-        return (_diag("sql-shape", "the text is not a single expression: it closes the expression and "
+        return (_diag("sql-statement", "the text is not a single expression: it closes the expression and "
                       "adds SQL clauses or statements of its own",
                       hint="write only an expression over fields, e.g. status >= 500 AND path LIKE 'a%'"),
                 ), frozenset()
     walk = _Walk(expr, role)
     _visit(node, walk, depth=0, in_aggregate=False, lambda_params=frozenset())
     if role == "aggregate" and not walk.problems and walk.aggregates == 0:
-        walk.problems.append(_diag("sql-not-aggregate", "a measure must aggregate the window's events",
+        walk.problems.append(_diag("sql-aggregate-required", "a measure must aggregate the window's events",
                                    hint="use an aggregate such as count(*), sum(bytes), "
                                         "approx_count_distinct(src_ip)"))
     return tuple(walk.problems), frozenset(walk.columns)
@@ -195,7 +218,15 @@ _ROLE_HINT = {
 
 
 def _lexical(expr: str) -> Diagnostic | None:
-    """Comments and statement separators outside string literals: the ways to cut our statement."""
+    """Invisible characters, comments and statement separators: the ways to hide or cut text."""
+    for offset, char in enumerate(expr):
+        if char in "\t\n\r":
+            continue
+        if unicodedata.category(char) in ("Cc", "Cf"):
+            name = unicodedata.name(char, "")
+            return _diag("sql-syntax", f"invisible character {name + ' ' if name else ''}(U+{ord(char):04X}) "
+                         "is not allowed in SQL expressions", expr=expr, offset=offset,
+                         hint=f"remove it; to match it inside text, use chr({ord(char)})")
     try:
         tokens = duckdb.tokenize(expr)
     except Exception:  # the parser will say what is wrong
@@ -212,7 +243,7 @@ def _lexical(expr: str) -> Diagnostic | None:
         end = starts[index + 1] if index + 1 < len(starts) else len(expr)
         semicolon = expr.find(";", start, end)
         if semicolon >= 0:
-            return _diag("sql-shape", "';' is not allowed: an expression is not a statement", expr=expr,
+            return _diag("sql-statement", "';' is not allowed: an expression is not a statement", expr=expr,
                          offset=semicolon, hint="write one expression, without ';'")
     return None
 
@@ -245,7 +276,7 @@ def _parse_error(expr: str, tree: dict[str, Any]) -> Diagnostic:
         offset = None  # the error is in our wrapper: the expression left something open
         message += " (is a parenthesis or quote left open?)"
     if tree.get("error_type") == "not implemented":
-        return _diag("sql-shape", "only a single expression is allowed, not a statement",
+        return _diag("sql-statement", "only a single expression is allowed, not a statement",
                      hint="write an expression such as status >= 500")
     return _diag("sql-syntax", f"SQL syntax error: {message}", expr=expr, offset=offset,
                  hint="check quotes ('text' for strings, \"name\" for fields) and parentheses")
@@ -303,12 +334,25 @@ def _visit(node: Any, walk: _Walk, *, depth: int, in_aggregate: bool, lambda_par
         root = names[0] if names else ""
         if root in lambda_params:
             return
+        if len(names) >= 2 and (root.lower() in TABLE_NAMES or names[1].lower() in TABLE_NAMES):
+            field_name = names[-1] if root.lower() not in TABLE_NAMES else names[1]
+            refuse("sql-column", f"{'.'.join(names)} names the table, not an event field",
+                   f"write the field by name, e.g. {sql_quote(field_name)}")
+            return
+        quoted = _text_at(walk.expr, where).startswith('"')
+        if len(names) == 1 and not quoted and root.lower() in CLOCK_KEYWORDS | SESSION_KEYWORDS:
+            clock = root.lower() in CLOCK_KEYWORDS
+            refuse("sql-function-not-allowed", f"{root} is not allowed: it "
+                   + ("reads the clock, so replays would disagree" if clock else "reads the session"),
+                   (_DETERMINISM_HINT if clock else "an expression sees only the event's fields")
+                   + f"; for a field named {root}, quote it: {sql_quote(root)}")
+            return
         if root.startswith(INTERNAL_PREFIX):
             refuse("sql-column", f"field {root!r} is internal to LogBus", "use another field name")
             return
         walk.columns.add(root)
         if walk.role == "aggregate" and not in_aggregate:
-            refuse("sql-not-aggregate", f"field {root!r} is used outside an aggregate function",
+            refuse("sql-aggregate-required", f"field {root!r} is used outside an aggregate function",
                    f"wrap it, e.g. max({sql_quote(root)}) or any_value({sql_quote(root)}), "
                    "or add it to the step's `by` list")
         return
@@ -326,6 +370,11 @@ def _visit(node: Any, walk: _Walk, *, depth: int, in_aggregate: bool, lambda_par
         children(node.get("else_expr"))
         return
     if cls == "CAST":
+        bad_type = _odd_type(node.get("type_expr"))
+        if bad_type is not None:
+            refuse("sql-cast", f"cast to {bad_type} is not allowed", "cast to a built-in type, e.g. "
+                   "CAST(bytes AS BIGINT), ts::TIMESTAMP, payload::JSON, tags::VARCHAR[]")
+            return
         children(node.get("child"))
         return
     if cls == "COLLATE":
@@ -365,12 +414,18 @@ def _visit(node: Any, walk: _Walk, *, depth: int, in_aggregate: bool, lambda_par
 
 def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_aggregate: bool,
               lambda_params: frozenset[str]) -> None:
-    name = str(node.get("function_name", "")).lower()
+    raw_name = str(node.get("function_name", ""))
+    name = raw_name.lower()
+    if not raw_name.isascii():
+        refuse("sql-function-not-allowed", f"function {raw_name!r} is not allowed: function names are "
+               "plain ASCII", "retype the name; see the guide's SQL topic for the allowed functions")
+        return
     shown = "count(*)" if name == "count_star" else f"{name}()"
     arguments = [arg.get("expression") for arg in node.get("arguments") or []]
     order_exprs = [order.get("expression") for order in (node.get("order_bys") or {}).get("orders") or []]
     if node.get("schema") or node.get("catalog"):
-        refuse("sql-function", f"qualified function names ({node.get('schema')}.{name}) are not allowed",
+        refuse("sql-function-not-allowed",
+               f"qualified function names ({node.get('schema')}.{name}) are not allowed",
                f"call {name}(...) without a schema")
         return
     if node.get("is_operator"):
@@ -381,16 +436,19 @@ def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_
         children(*arguments)
         return
     if name in DENIED:
-        refuse("sql-function", f"function {name}() is not allowed: it {DENIED[name]}", _function_hint(name))
+        refuse("sql-function-not-allowed", f"function {name}() is not allowed: it {DENIED[name]}",
+               _function_hint(name))
         return
     if name in AGGREGATE_NAMES:
         if walk.role != "aggregate":
-            refuse("sql-aggregate", f"aggregate function {shown} is only allowed in aggregate.measures",
+            refuse("sql-aggregate-not-allowed",
+                   f"aggregate function {shown} is only allowed in aggregate.measures",
                    "this expression sees one event at a time; count or sum over a window with an "
                    "aggregate step")
             return
         if in_aggregate:
-            refuse("sql-aggregate", f"aggregate function {shown} inside another aggregate is not allowed",
+            refuse("sql-aggregate-not-allowed",
+                   f"aggregate function {shown} inside another aggregate is not allowed",
                    "aggregate the event fields directly, e.g. sum(bytes)")
             return
         walk.aggregates += 1
@@ -399,11 +457,11 @@ def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_
     if name not in SCALAR_NAMES:
         close = difflib.get_close_matches(name, sorted(SCALAR_NAMES | AGGREGATE_NAMES), n=1)
         hint = f"did you mean {close[0]}()? " if close else ""
-        refuse("sql-function", f"function {name}() is not allowed in LogBus SQL expressions",
+        refuse("sql-function-not-allowed", f"function {name}() is not allowed in LogBus SQL expressions",
                hint + "see the guide's SQL topic for the allowed functions")
         return
     if node.get("distinct") or node.get("filter") is not None or order_exprs:
-        refuse("sql-function", "DISTINCT, FILTER and ORDER BY only apply to aggregate functions, "
+        refuse("sql-function-not-allowed", "DISTINCT, FILTER and ORDER BY only apply to aggregate functions, "
                f"not {name}()", "remove them")
         return
     for argument in arguments:
@@ -441,11 +499,35 @@ def _function_hint(name: str) -> str:
     if "read" in name or "scan" in name or name == "glob":
         return "to join reference data use an enrich step with a registered lookup table"
     if DENIED[name].startswith("is not deterministic"):
-        return ("compare with the event's time field or a literal, e.g. ts >= TIMESTAMP '2026-01-01', "
-                "not now() - INTERVAL 1 HOUR")
+        return _DETERMINISM_HINT
     if DENIED[name].startswith("runs SQL"):
         return "an expression computes one value per event from its fields"
     return "an expression sees only the event's fields and literals"
+
+
+_DETERMINISM_HINT = ("compare with the event's time field or a literal, e.g. ts >= TIMESTAMP '2026-01-01', "
+                     "not now() - INTERVAL 1 HOUR")
+
+
+def _odd_type(type_expr: Any) -> str | None:
+    """The cast target if it is not a plain built-in type (qualified, or with non-constant parts)."""
+    if type_expr is None:
+        return None
+    for node in _iter_nodes(type_expr):
+        if "class" not in node:
+            continue
+        if node["class"] == "TYPE":
+            if node.get("schema") or node.get("catalog"):
+                path = (node.get("qualified_name") or {}).get("path") or [node.get("type_name")]
+                return ".".join(str(part) for part in path)
+        elif node["class"] != "CONSTANT":
+            return f"a type built from a {str(node['class']).lower()} expression"
+    return None
+
+
+def _text_at(expr: str, location: Any) -> str:
+    offset = _offset(location)
+    return expr[offset:] if offset is not None and 0 <= offset < len(expr) else ""
 
 
 def _offset(location: Any) -> int | None:
@@ -481,7 +563,23 @@ def describe_sql() -> str:
         "replays must agree), parameters, comments, `;`.",
         "- Aggregate functions only in `aggregate.measures`, where every field must be inside one "
         "(`count(*)`, `sum(bytes)`, `count(DISTINCT ip)`, `sum(bytes) FILTER (WHERE status >= 500)`).",
+        "- Bare `current_date`/`current_timestamp` read the clock and are refused; quote a field with "
+        "such a name (`\"current_date\"`). Write fields as `x`, not `batch.x`.",
         f"- At most {MAX_EXPRESSION_CHARS:,} characters and {MAX_DEPTH} levels of nesting.",
+        "",
+        "Examples:",
+        "",
+        "```yaml",
+        "- filter: \"status >= 400 AND path LIKE '/admin%' AND NOT regexp_matches(ua, '(?i)bot')\"",
+        "- transform:",
+        "    set: {kb: \"CAST(bytes AS DOUBLE) / 1024\", user: \"json_extract_string(payload, '$.user')\"}",
+        "- aggregate:",
+        "    window: 60s",
+        "    by: [src_ip]",
+        "    measures:",
+        "      errors: \"count(*) FILTER (WHERE status >= 500)\"",
+        "      p99: \"quantile_cont(latency, 0.99)\"",
+        "```",
         "",
         "Functions:",
         "",

@@ -8,6 +8,9 @@ import pytest
 
 from primitives.sqlcheck import (
     AGGREGATE_NAMES,
+    ALLOWED_AGGREGATE_FUNCTIONS,
+    ALLOWED_SCALAR_FUNCTIONS,
+    DENIED,
     OPERATORS,
     PARSER_FORMS,
     SCALAR_NAMES,
@@ -19,39 +22,41 @@ from primitives.sqlexec import SqlBatch
 
 # (expression, role, diagnostic code, words the message or hint must contain)
 HOSTILE: list[tuple[str, str, str, str]] = [
-    ("1) AS x FROM batch; DROP TABLE batch; SELECT (1", "predicate", "sql-shape", "';' is not allowed"),
+    ("1) AS x FROM batch; DROP TABLE batch; SELECT (1", "predicate", "sql-statement", "';' is not allowed"),
     ("true --", "predicate", "sql-comment", "comments are not allowed"),
     ("true /* cut */", "predicate", "sql-comment", "comments are not allowed"),
-    ("1) AS __lb_expr FROM batch UNION ALL SELECT (secret", "scalar", "sql-shape", "not a single expression"),
-    ("1) AS __lb_expr FROM read_csv('/etc/passwd') UNION SELECT (1", "scalar", "sql-shape",
+    ("1) AS __lb_expr FROM batch UNION ALL SELECT (secret", "scalar", "sql-statement",
      "not a single expression"),
-    ("1) AS __lb_expr, (2", "scalar", "sql-shape", "not a single expression"),
+    ("1) AS __lb_expr FROM read_csv('/etc/passwd') UNION SELECT (1", "scalar", "sql-statement",
+     "not a single expression"),
+    ("1) AS __lb_expr, (2", "scalar", "sql-statement", "not a single expression"),
     ("(SELECT secret FROM other)", "scalar", "sql-subquery", "subqueries"),
     ("EXISTS (SELECT 1)", "predicate", "sql-subquery", "subqueries"),
     ("status IN (SELECT 500)", "predicate", "sql-subquery", "subqueries"),
     ("status = ANY([500])", "predicate", "sql-subquery", "subqueries"),
-    ("read_csv('/etc/passwd') IS NOT NULL", "predicate", "sql-function",
+    ("read_csv('/etc/passwd') IS NOT NULL", "predicate", "sql-function-not-allowed",
      "read_csv() is not allowed: it reads files"),
-    ("length(read_text('/etc/shadow')) > 0", "predicate", "sql-function", "read_text() is not allowed"),
-    ("glob('/root/*')", "scalar", "sql-function", "glob() is not allowed"),
-    ("getenv('AWS_SECRET_ACCESS_KEY')", "scalar", "sql-function", "getenv() is not allowed"),
-    ("current_setting('enable_external_access')", "scalar", "sql-function",
+    ("length(read_text('/etc/shadow')) > 0", "predicate", "sql-function-not-allowed",
+     "read_text() is not allowed"),
+    ("glob('/root/*')", "scalar", "sql-function-not-allowed", "glob() is not allowed"),
+    ("getenv('AWS_SECRET_ACCESS_KEY')", "scalar", "sql-function-not-allowed", "getenv() is not allowed"),
+    ("current_setting('enable_external_access')", "scalar", "sql-function-not-allowed",
      "current_setting() is not allowed"),
-    ("getvariable('x')", "scalar", "sql-function", "reads the environment or settings"),
+    ("getvariable('x')", "scalar", "sql-function-not-allowed", "reads the environment or settings"),
     ("row_number() OVER (ORDER BY ts)", "scalar", "sql-window", "window functions"),
     ("sum(bytes) OVER ()", "aggregate", "sql-window", "window functions"),
     ("status = $1", "predicate", "sql-parameter", "parameters"),
     ("status = ?", "predicate", "sql-parameter", "parameters"),
-    ("now() > ts", "predicate", "sql-function", "not deterministic"),
-    ("random() < 0.1", "predicate", "sql-function", "not deterministic"),
-    ("query('SELECT 1')", "scalar", "sql-function", "runs SQL"),
-    ("main.lower(user)", "scalar", "sql-function", "qualified function names"),
-    ("pragma_version()", "scalar", "sql-function", "not allowed in LogBus SQL"),
-    ("duckdb_settings()", "scalar", "sql-function", "not allowed in LogBus SQL"),
-    ("count(*) > 5", "predicate", "sql-aggregate", "only allowed in aggregate.measures"),
-    ("sum(count(*))", "aggregate", "sql-aggregate", "inside another aggregate"),
-    ("status", "aggregate", "sql-not-aggregate", "outside an aggregate function"),
-    ("1 + 1", "aggregate", "sql-not-aggregate", "must aggregate"),
+    ("now() > ts", "predicate", "sql-function-not-allowed", "not deterministic"),
+    ("random() < 0.1", "predicate", "sql-function-not-allowed", "not deterministic"),
+    ("query('SELECT 1')", "scalar", "sql-function-not-allowed", "runs SQL"),
+    ("main.lower(user)", "scalar", "sql-function-not-allowed", "qualified function names"),
+    ("pragma_version()", "scalar", "sql-function-not-allowed", "not allowed in LogBus SQL"),
+    ("duckdb_settings()", "scalar", "sql-function-not-allowed", "not allowed in LogBus SQL"),
+    ("count(*) > 5", "predicate", "sql-aggregate-not-allowed", "only allowed in aggregate.measures"),
+    ("sum(count(*))", "aggregate", "sql-aggregate-not-allowed", "inside another aggregate"),
+    ("status", "aggregate", "sql-aggregate-required", "outside an aggregate function"),
+    ("1 + 1", "aggregate", "sql-aggregate-required", "must aggregate"),
     ("*", "scalar", "sql-star", "name the fields"),
     ("COLUMNS('pass.*')", "scalar", "sql-star", "name the fields"),
     ("#1", "scalar", "sql-column", "positional"),
@@ -61,6 +66,43 @@ HOSTILE: list[tuple[str, str, str, str]] = [
     ("status >", "predicate", "sql-syntax", "SQL syntax error"),
     ("", "predicate", "sql-empty", "empty"),
     ("a = 1 OR " * 600 + "true", "predicate", "sql-too-long", "limit"),
+    # the brief's list, as an agent (or an injected log line) would write them
+    ("(SELECT 1) = 1", "predicate", "sql-subquery", "subqueries"),
+    ("getenv('HOME') = 'x'", "predicate", "sql-function-not-allowed", "getenv() is not allowed"),
+    ("current_setting('threads') = 1", "predicate", "sql-function-not-allowed", "reads the environment"),
+    ("1); DROP TABLE x; SELECT (1", "predicate", "sql-statement", "';' is not allowed"),
+    ("1) FROM batch; INSTALL httpfs; SELECT (1", "predicate", "sql-statement", "';' is not allowed"),
+    ("1 /* */) FROM read_csv('x') --", "scalar", "sql-comment", "comments are not allowed"),
+    ("x IN (SELECT a FROM t)", "predicate", "sql-subquery", "subqueries"),
+    ("row_number() OVER () > 1", "predicate", "sql-window", "window functions"),
+    ("glob('*') IS NULL", "predicate", "sql-function-not-allowed", "glob() is not allowed: it reads files"),
+    ("read_text('x')", "scalar", "sql-function-not-allowed", "read_text() is not allowed: it reads files"),
+    ("COLUMNS('.*') = 1", "predicate", "sql-star", "name the fields"),
+    ("* = 1", "predicate", "sql-star", "name the fields"),
+    ("count(COLUMNS('pass.*'))", "aggregate", "sql-star", "name the fields"),
+    ("load_extension('httpfs') IS NULL", "predicate", "sql-function-not-allowed", "load_extension()"),
+    ("query_table('secrets') IS NULL", "predicate", "sql-function-not-allowed", "runs SQL"),
+    ("sql_auto_complete('SEL') IS NULL", "predicate", "sql-function-not-allowed", "sql_auto_complete()"),
+    ("unnest(tags)", "scalar", "sql-function-not-allowed", "makes rows"),
+    ("current_date", "scalar", "sql-function-not-allowed", "reads the clock"),
+    ("ts > CURRENT_TIMESTAMP - INTERVAL 1 HOUR", "predicate", "sql-function-not-allowed", "reads the clock"),
+    ("current_user = 'root'", "predicate", "sql-function-not-allowed", "reads the session"),
+    ("batch.secret = 1", "predicate", "sql-column", "names the table"),
+    ("main.batch.secret = 1", "predicate", "sql-column", "names the table"),
+    ("x::evil.t", "scalar", "sql-cast", "cast to evil.t"),
+    ("sum(x) FILTER (WHERE sum(y) > 1)", "aggregate", "sql-aggregate-not-allowed", "inside another"),
+    ("lower(x ORDER BY y)", "scalar", "sql-function-not-allowed", "only apply to aggregate"),
+    ("x <=> y", "predicate", "sql-operator", "'<=>' is not allowed"),
+    # unicode tricks: homoglyphs and width variants are other names, so the allowlist refuses them;
+    # invisible characters are refused outright, so what a reviewer reads is what runs
+    ("r\u0435ad_csv('/etc/passwd')", "scalar", "sql-function-not-allowed", "not allowed"),
+    ("\uff52\uff45\uff41\uff44_csv('/etc/passwd')", "scalar", "sql-function-not-allowed", "not allowed"),
+    ("\u212aurtosis(x)", "aggregate", "sql-function-not-allowed", "plain ASCII"),
+    ("x = 1\u037e DROP TABLE x", "predicate", "sql-syntax", "SQL syntax error"),
+    ("status = 1 \u202e-- hidden", "predicate", "sql-syntax", "RIGHT-TO-LEFT OVERRIDE"),
+    ("user\u200b = 'root'", "predicate", "sql-syntax", "ZERO WIDTH SPACE"),
+    ("a\x00b = 1", "predicate", "sql-syntax", "U+0000"),
+    ("x" * 100_000, "scalar", "sql-too-long", "the limit is 4,096"),
 ]
 
 
@@ -98,6 +140,19 @@ POSITIVE: list[tuple[str, str, set[str]]] = [
     ("max(bytes) - min(bytes)", "aggregate", {"bytes"}),
     ("arg_max(path, bytes)", "aggregate", {"path", "bytes"}),
     ("approx_count_distinct(src_ip) > 10", "aggregate", {"src_ip"}),
+    ("status >= 400 AND path LIKE '/admin%'", "predicate", {"status", "path"}),
+    ("regexp_matches(ua, '(?i)bot')", "predicate", {"ua"}),
+    ("CAST(bytes AS BIGINT) > 1000", "predicate", {"bytes"}),
+    ("json_extract_string(payload, '$.user') = 'x'", "predicate", {"payload"}),
+    ("path LIKE '/a!%%' ESCAPE '!' OR path NOT ILIKE '%x' ESCAPE '!'", "predicate", {"path"}),
+    ("amount::DECIMAL(10, 2) + CAST(tags[1] AS DOUBLE) + len(ids::INT[])", "scalar",
+     {"amount", "tags", "ids"}),
+    ('"current_date" = user', "predicate", {"current_date", "user"}),
+    ("{'ip': src_ip, 'n': [1, 2]}", "scalar", {"src_ip"}),
+    ("count(*) FILTER (WHERE status >= 500)", "aggregate", {"status"}),
+    ("count(DISTINCT ip)", "aggregate", {"ip"}),
+    ("quantile_cont(latency, 0.99)", "aggregate", {"latency"}),
+    ("CASE WHEN count(*) > 0 THEN sum(bytes) / count(*) END", "aggregate", {"bytes"}),
 ]
 
 
@@ -171,3 +226,67 @@ def test_odd_field_names_are_quoted_and_missing_fields_read_as_null() -> None:
     assert referenced_columns(expr) == {'we"ird name', "missing"}
     table = pa.table({'we"ird name': [0, 2, None]})
     assert SqlBatch().filter(table, expr).column(0).to_pylist() == [2]
+
+
+@pytest.mark.parametrize(("expr", "columns"), [
+    ('"my field" = 1 AND "we said ""hi""" IS NULL', {"my field", 'we said "hi"'}),
+    ("lower = 'x' OR length(lower) > 2 OR \"count\" > 1", {"lower", "count"}),
+    ("msg = 'status AND path OR lower(user)'", {"msg"}),
+    ("coalesce(a.b.c, d['e'], CASE WHEN f THEN g ELSE h[1] END) IN (i, 2)", {"a", "d", "f", "g", "h", "i"}),
+    ("list_filter(tags, lambda t: t = owner)", {"tags", "owner"}),
+    ("sum(bytes) FILTER (WHERE status >= 500) / count(DISTINCT host)", {"bytes", "status", "host"}),
+    ("lower(user", set()),  # does not parse: nothing to project
+])
+def test_referenced_columns_are_the_fields_read_not_functions_literals_or_lambda_parameters(
+        expr: str, columns: set[str]) -> None:
+    assert referenced_columns(expr) == columns
+
+
+def test_public_allowlists_are_frozen_disjoint_from_the_denylist_and_split_by_role() -> None:
+    assert isinstance(ALLOWED_SCALAR_FUNCTIONS, frozenset)
+    assert isinstance(ALLOWED_AGGREGATE_FUNCTIONS, frozenset)
+    assert {"lower", "regexp_matches", "json_extract_string", "date_trunc"} <= ALLOWED_SCALAR_FUNCTIONS
+    assert {"count", "sum", "quantile_cont", "approx_count_distinct"} <= ALLOWED_AGGREGATE_FUNCTIONS
+    assert not (ALLOWED_SCALAR_FUNCTIONS | ALLOWED_AGGREGATE_FUNCTIONS) & set(DENIED)
+    assert not ALLOWED_SCALAR_FUNCTIONS & ALLOWED_AGGREGATE_FUNCTIONS
+
+
+def test_results_are_cached_and_callers_cannot_corrupt_the_cache() -> None:
+    first = check_expression("now() > ts", role="predicate")
+    first.clear()
+    again = check_expression("now() > ts", role="predicate")
+    assert [p.code for p in again] == ["sql-function-not-allowed"]
+    columns = referenced_columns("a + b")
+    columns.add("c")
+    assert referenced_columns("a + b") == {"a", "b"}
+
+
+def test_aggregate_in_a_predicate_says_where_aggregates_belong() -> None:
+    problem = check_expression("count(*) > 5", role="predicate")[0]
+    assert problem.code == "sql-aggregate-not-allowed"
+    assert "count(*)" in problem.message and "aggregate.measures" in problem.message
+
+
+def test_measure_without_an_aggregate_asks_to_wrap_the_field() -> None:
+    problem = check_expression("bytes", role="aggregate")[0]
+    assert problem.code == "sql-aggregate-required"
+    assert problem.hint is not None and 'max("bytes")' in problem.hint and "`by`" in problem.hint
+
+
+def test_syntax_error_position_is_inside_the_agents_expression() -> None:
+    problem = check_expression("status >= 500 AND AND path = 'x'", role="predicate")[0]
+    assert problem.code == "sql-syntax"
+    assert (problem.line, problem.col) == (1, 19)
+    assert "__lb_expr" not in problem.render() and "FROM batch" not in problem.render()
+
+
+def test_the_guides_examples_pass_the_check() -> None:
+    import yaml
+
+    text = describe_sql()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    steps = yaml.safe_load(block)
+    (flt,), (tfm,), (agg,) = (step.values() for step in steps)
+    assert check_expression(flt, role="predicate") == []
+    assert all(check_expression(e, role="scalar") == [] for e in tfm["set"].values())
+    assert all(check_expression(e, role="aggregate") == [] for e in agg["measures"].values())
