@@ -82,7 +82,7 @@ class AlertDestination(BaseModel):
     model_config = ConfigDict(extra="forbid")
     webhook: WebhookAlert | None = Field(None, description="POST each signal to a URL")
     file: str | None = Field(None, min_length=1, description="append each signal as a JSON line to this "
-                             "file, relative to the data directory")
+                             "file, relative to the tenant's alerts directory (no absolute paths or ..)")
     stdout: StdoutAlert | None = Field(None, description="print each signal (local runs): stdout: {}")
 
     @model_validator(mode="before")

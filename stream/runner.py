@@ -1,0 +1,359 @@
+"""One deployed pipeline version running continuously, in its own thread.
+
+The loop, per batch: read up to `batch_size` events from the pipeline's position, record the batch
+as in flight, run the Engine, write outputs/signals/dead letters through the sink (idempotent per
+offset range), enqueue signals for the spec's alert destinations, and only then commit the
+position. At-least-once from the log plus idempotent writes gives effectively-once outputs.
+
+On start, state (windows, rule counters, dedupe keys) is rebuilt by replaying the log from the
+checkpoint's `replay_from` to its committed offset with every output suppressed (it was written
+before); then an in-flight batch left by a crash is processed again over exactly its offset
+range, so its writes replace the earlier ones. A stop (hot swap, pause, shutdown) takes effect
+at a batch boundary. One batch in flight per pipeline bounds its memory; a slow sink or slow code
+only slows its own thread.
+
+Known limit of rebuilding by replay: window and dedupe state is exact, and so is rule state when
+a key's matches pause for longer than the rule's window + suppress somewhere in the replayed
+span; a chain of alerts on one key that never pauses that long can re-phase after a restart
+(an alert's first_seen shifts). Exactness there needs the alert book itself checkpointed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from primitives.eventtime import event_micros
+from primitives.runtime import DeadLetter
+from primitives.spec import PipelineSpec
+from primitives.steps.aggregate import DEFAULT_TIME_FIELD
+from primitives.windows import SessionWindow, SlidingWindow, micros
+from sandbox import SandboxPool
+from stream.budget import CODE_FAILURES, BudgetConfig, ErrorBudget
+from stream.checkpoint import CheckpointStore
+from stream.engine import BatchOutput, Engine, sandbox_code_runner
+from stream.log import EmbeddedLog, OffsetOutOfRange, UnknownStream
+
+MAX_ERROR_GROUPS = 50
+KILLED = ("timeout", "crash", "memory")  # code errors for which the worker was killed
+
+
+class Sink(Protocol):
+    """What the runner needs from `stream.sinks.parquet.OutputSink` (offsets: first and last, inclusive)."""
+
+    def write_outputs(self, pipeline: str, version: int, table: pa.Table, first_offset: int,
+                      last_offset: int) -> Any: ...
+
+    def write_signals(self, pipeline: str, version: int, signals: list[dict[str, Any]], first_offset: int,
+                      last_offset: int) -> Any: ...
+
+    def write_dead_letters(self, pipeline: str, version: int, letters: list[DeadLetter], first_offset: int,
+                           last_offset: int) -> Any: ...
+
+
+class Outbox(Protocol):
+    def enqueue_many(self, tenant: str, pipeline: str, destinations: Any, signals: Any) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorConfig:
+    batch_size: int = 10_000  # events per read: the bound on one pipeline's in-flight work
+    idle_poll_s: float = 0.2  # wait at the end of the stream before reading again
+    poll_s: float = 1.0  # how often the executor looks at the registry for changes
+    restart_backoff_s: float = 1.0  # first wait after an unexpected failure (doubles, up to 30 s)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {self.batch_size!r}")
+
+
+def consumer_name(pipeline: str) -> str:
+    """The log consumer of a pipeline (all versions share it: a swap continues its position)."""
+    return f"pipeline:{pipeline}"
+
+
+def state_span(spec: PipelineSpec) -> int:
+    """How far back in event time (µs) open state can reach: replay must start at least this far
+    behind the watermark. Chained stateful steps add up (a derive over aggregate rows needs the
+    events of the windows whose rows it still holds)."""
+    span = 0
+    for step_spec in spec.steps:
+        options: Any = step_spec.options
+        if step_spec.kind == "aggregate":
+            window = options.window
+            if isinstance(window, SessionWindow):
+                size = micros(window.gap)
+            elif isinstance(window, SlidingWindow):
+                size = micros(window.size)
+            else:
+                size = micros(window)
+            span += size + micros(options.lateness)
+        elif step_spec.kind == "rule":
+            span += micros(options.effective_window) + micros(options.suppress)
+        elif step_spec.kind == "derive":
+            span += 2 * micros(options.suppress)
+        elif step_spec.kind == "dedupe":
+            span += 2 * micros(options.within)
+    return span
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    events_in: int = 0
+    events_out: int = 0
+    signals: int = 0
+    dead_letters: int = 0
+    failures: int = 0  # events the code failed on (the error budget's count)
+    late: int = 0
+    batches: int = 0
+    replayed_events: int = 0
+    batch_seconds: float = 0.0
+    last_batch_seconds: float = 0.0
+    restarts: int = 0
+    enqueued: int = 0
+    sandbox_kills: int = 0  # code errors of reason timeout/crash/memory: the worker was killed
+
+
+class PipelineRunner:
+    """Runs one version of one pipeline; `stop()` ends it at the next batch boundary."""
+
+    def __init__(self, *, tenant: str, spec: PipelineSpec, version: int, log: EmbeddedLog, sink: Sink,
+                 outbox: Outbox | None, pool: SandboxPool, checkpoints: CheckpointStore,
+                 config: ExecutorConfig, data_dir: str,
+                 on_budget_spent: Callable[[PipelineRunner, str], None],
+                 fail_point: Callable[[str, int], None] | None = None) -> None:
+        self.tenant, self.spec, self.version = tenant, spec, version
+        self.name = spec.name
+        self.log, self.sink, self.outbox, self.pool = log, sink, outbox, pool
+        self.checkpoints, self.config, self.data_dir = checkpoints, config, data_dir
+        self.on_budget_spent = on_budget_spent
+        self.fail_point = fail_point  # tests: called at each stage of a batch, may raise to simulate a crash
+        self.consumer = consumer_name(spec.name)
+        self.span = state_span(spec)
+        self.destinations = [a.model_dump(mode="json", exclude_none=True) for a in spec.alerts]
+        self.state = "starting"
+        self.reason = ""
+        self.position: int | None = None
+        self.stats = RunnerStats()
+        self.step_stats: list[dict[str, Any]] = []
+        self.errors: OrderedDict[tuple[str, str, int | None, str], dict[str, Any]] = OrderedDict()
+        self.budget = ErrorBudget(config.budget)
+        self._rate: deque[tuple[float, int]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"pipeline-{tenant}-{spec.name}-v{version}",
+                                        daemon=True)
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def rate(self) -> float:
+        """Events in per second over the last minute."""
+        now = time.monotonic()
+        while self._rate and self._rate[0][0] < now - 60:
+            self._rate.popleft()
+        if len(self._rate) < 2:
+            return 0.0
+        elapsed = max(now - self._rate[0][0], 1e-6)
+        return sum(n for _, n in list(self._rate)[1:]) / elapsed
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        backoff = self.config.restart_backoff_s
+        while not self._stop.is_set():
+            try:
+                self._run()
+                break
+            except Exception as exc:  # a sink or log failure: rebuild from the checkpoint, later
+                self.stats.restarts += 1
+                self.state = "restarting"
+                self.reason = f"{type(exc).__name__}: {exc}"
+                self._group("executor", "error", None, self.reason)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        if self.state not in ("paused", "failed"):
+            self.state = "stopped"
+
+    def _run(self) -> None:
+        source = self.spec.source
+        while not self.log.has_stream(self.tenant, source):
+            self.state = "waiting"
+            self.reason = f"stream {source!r} does not exist yet; it is created by the first ingest"
+            if self._stop.wait(self.config.idle_poll_s):
+                return
+        spec = self.spec
+        if spec.time is None:  # default: the stream's time field (DESIGN §2.1)
+            stream_time = self.log.settings(self.tenant, source).time_field
+            if stream_time:
+                spec = spec.model_copy(update={"time": stream_time})
+        self.time_field = spec.time or DEFAULT_TIME_FIELD
+        engine = Engine(spec, run_code=sandbox_code_runner(self.pool, self.tenant), version=self.version,
+                        base_dir=self.data_dir)
+        checkpoint = self.checkpoints.load(self.tenant, self.name)
+        if checkpoint is None:
+            start = self.log.register_consumer(self.tenant, source, self.consumer, start=self.spec.start)
+            checkpoint = self.checkpoints.start(self.tenant, self.name, start)
+        else:  # hold retention from where a restart would replay
+            try:
+                self.log.register_consumer(self.tenant, source, self.consumer, start=checkpoint.replay_from)
+            except OffsetOutOfRange:
+                self.log.register_consumer(self.tenant, source, self.consumer, start="earliest")
+        position = self._replay(engine, checkpoint.replay_from, checkpoint.committed)
+        self.position = position
+        if checkpoint.pending is not None and checkpoint.pending[0] == position:
+            first, end = checkpoint.pending
+            table, next_offset = self._read(first, end - first)
+            if table.num_rows and next_offset == end:
+                self._batch(engine, first, next_offset, table)
+        self.state, self.reason = "running", ""
+        while not self._stop.is_set():
+            assert self.position is not None
+            table, next_offset = self._read(self.position, self.config.batch_size)
+            if not table.num_rows:
+                self._stop.wait(self.config.idle_poll_s)
+                continue
+            self._batch(engine, self.position, next_offset, table)
+            reason = self.budget.spent()
+            if reason is not None:
+                self.state, self.reason = "paused", reason
+                self._stop.set()
+                self.on_budget_spent(self, reason)
+
+    def _replay(self, engine: Engine, start: int, end: int) -> int:
+        """Feed [start, end) through the engine with every output dropped; returns `end`."""
+        position = start
+        if position < end:
+            self.state = "replaying"
+        while position < end and not self._stop.is_set():
+            table, next_offset = self._read(position, min(self.config.batch_size, end - position))
+            if not table.num_rows:
+                break
+            engine.process(table)
+            self.stats.replayed_events += table.num_rows
+            position = next_offset
+        return max(position, end)
+
+    def _read(self, offset: int, max_events: int) -> tuple[pa.Table, int]:
+        try:
+            return self.log.read(self.tenant, self.spec.source, offset, max_events)
+        except OffsetOutOfRange as exc:
+            if offset >= exc.end_offset:
+                raise
+            # Retention deleted events this pipeline had not processed (a forced purge): say so and
+            # continue at the oldest retained event rather than stopping for good.
+            lost = exc.start_offset - offset
+            self._group("executor", "lost", None, f"{lost} events before offset {exc.start_offset} were "
+                        "deleted by retention before this pipeline processed them")
+            self.checkpoints.move(self.tenant, self.name, exc.start_offset)
+            self.position = exc.start_offset
+            return self.log.read(self.tenant, self.spec.source, exc.start_offset, max_events)
+        except UnknownStream:
+            return pa.table({}), offset
+
+    def _batch(self, engine: Engine, first: int, next_offset: int, table: pa.Table) -> None:
+        started = time.perf_counter()
+        last = next_offset - 1
+        self.checkpoints.begin(self.tenant, self.name, first, next_offset)
+        self._fail("begin", first)
+        out = engine.process(table)
+        events = _concat(out.events)
+        signals = _latest(out.signals)
+        if events is not None:
+            self.sink.write_outputs(self.name, self.version, events, first, last)
+        if signals:
+            self.sink.write_signals(self.name, self.version, signals, first, last)
+        if out.dead_letters:
+            self.sink.write_dead_letters(self.name, self.version, out.dead_letters, first, last)
+        self._fail("sink", first)
+        if signals and self.destinations and self.outbox is not None:
+            self.stats.enqueued += self.outbox.enqueue_many(self.tenant, self.name, self.destinations,
+                                                            signals)
+        self._fail("outbox", first)
+        checkpoint = self.checkpoints.commit(self.tenant, self.name, self.version, first, next_offset,
+                                             self._max_time(table), self.span)
+        self.log.commit_position(self.tenant, self.spec.source, self.consumer, checkpoint.replay_from)
+        self.position = next_offset
+        self._account(table.num_rows, out, events, signals, engine, time.perf_counter() - started)
+
+    def _fail(self, stage: str, first: int) -> None:
+        if self.fail_point is not None:
+            self.fail_point(stage, first)
+
+    def _max_time(self, table: pa.Table) -> int | None:
+        if not self.span:
+            return None
+        value = pc.max(event_micros(table, self.time_field)).as_py()
+        return None if value is None else int(value)
+
+    def _account(self, rows: int, out: BatchOutput, events: pa.Table | None, signals: list[dict[str, Any]],
+                 engine: Engine, seconds: float) -> None:
+        stats = self.stats
+        stats.events_in += rows
+        stats.events_out += 0 if events is None else events.num_rows
+        stats.signals += len(signals)
+        stats.dead_letters += len(out.dead_letters)
+        failures = min(rows, sum(1 for d in out.dead_letters if d.reason in CODE_FAILURES))
+        stats.failures += failures
+        stats.late += sum(1 for d in out.dead_letters if d.reason == "late")
+        stats.sandbox_kills += sum(1 for _, e in out.code_errors if e.reason in KILLED)
+        stats.batches += 1
+        stats.batch_seconds += seconds
+        stats.last_batch_seconds = seconds
+        self.step_stats = [s.to_dict() for s in engine.stats]
+        self.budget.record(rows, failures)
+        self._rate.append((time.monotonic(), rows))
+        for letter in out.dead_letters:
+            self._group(letter.step, letter.reason, letter.line, letter.message)
+
+    def _group(self, step: str, reason: str, line: int | None, message: str) -> None:
+        """Errors grouped by (step, reason, line, message head): counts, one example, last time."""
+        key = (step, reason, line, message[:60])
+        group = self.errors.pop(key, None) or {"step": step, "reason": reason, "line": line,
+                                               "message": message[:500], "count": 0}
+        group["count"] += 1
+        group["last_at"] = time.time()
+        self.errors[key] = group  # most recent last
+        while len(self.errors) > MAX_ERROR_GROUPS:
+            self.errors.popitem(last=False)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return None
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        from primitives.batch import from_events, to_events
+        return from_events([row for t in tables for row in to_events(t)])
+
+
+def _latest(signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signals are upserts by id: one (the latest) state per id, in order of first appearance."""
+    latest: dict[str, dict[str, Any]] = {}
+    for signal in signals:
+        latest[signal["id"]] = signal
+    return list(latest.values())

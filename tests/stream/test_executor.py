@@ -1,0 +1,477 @@
+"""The executor: deployed pipelines running continuously over the real log, engine and sandbox pool.
+
+Until `stream.sinks.parquet.OutputSink` exists, outputs go to `FakeSink`, an in-memory stand-in with
+the same interface and the same contract (a write replaces what an earlier write of the same
+pipeline, kind and offset range stored); it also records every write, so tests can assert on
+offset ranges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pytest
+
+from primitives.batch import from_events, to_events
+from primitives.runtime import DeadLetter
+from sandbox import Limits, SandboxPool
+from stream.alerts.outbox import Outbox
+from stream.budget import BudgetConfig
+from stream.executor import Executor, ExecutorConfig
+from stream.log import EmbeddedLog
+from stream.runner import Sink
+
+TENANT = "acme"
+T0 = 1_700_000_000  # epoch seconds of the first event
+
+
+class FakeSink:
+    """In-memory OutputSink: idempotent per (pipeline, kind, first, last); logs every write."""
+
+    stores: ClassVar[dict[str, dict[tuple[str, str, int, int], Any]]] = {}
+    writes: ClassVar[dict[str, list[tuple[str, str, int, int, int]]]] = {}
+
+    def __init__(self, data_dir: Path, tenant: str, delay_s: float = 0.0) -> None:
+        self.key = f"{data_dir}/{tenant}"
+        self.store = FakeSink.stores.setdefault(self.key, {})
+        self.log = FakeSink.writes.setdefault(self.key, [])
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def _put(self, kind: str, pipeline: str, version: int, value: Any, first: int, last: int) -> None:
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.store[(pipeline, kind, first, last)] = value
+            self.log.append((pipeline, kind, version, first, last))
+
+    def write_outputs(self, pipeline: str, version: int, table: pa.Table, first_offset: int,
+                      last_offset: int) -> None:
+        self._put("outputs", pipeline, version, to_events(table), first_offset, last_offset)
+
+    def write_signals(self, pipeline: str, version: int, signals: list[dict[str, Any]], first_offset: int,
+                      last_offset: int) -> None:
+        self._put("signals", pipeline, version, list(signals), first_offset, last_offset)
+
+    def write_dead_letters(self, pipeline: str, version: int, letters: list[DeadLetter], first_offset: int,
+                           last_offset: int) -> None:
+        self._put("dead_letters", pipeline, version, list(letters), first_offset, last_offset)
+
+    # -- what a query would see ------------------------------------------------------------------
+
+    def rows(self, pipeline: str, kind: str = "outputs") -> list[Any]:
+        found = sorted((k, v) for k, v in self.store.items() if k[0] == pipeline and k[1] == kind)
+        return [row for _, value in found for row in value]
+
+    def signals(self, pipeline: str) -> dict[str, dict[str, Any]]:
+        latest: dict[str, dict[str, Any]] = {}
+        for signal in self.rows(pipeline, "signals"):  # offset order: later states win
+            latest[signal["id"]] = signal
+        return latest
+
+
+def _events(start: int, stop: int, **extra: Any) -> pa.Table:
+    return from_events([{"n": i, "ts": T0 + i, "host": f"h{i % 3}", "status": 500 if i % 4 == 0 else 200,
+                         "user": f"u{i % 5}", **extra} for i in range(start, stop)])
+
+
+@pytest.fixture
+def pool() -> Iterator[SandboxPool]:
+    limits = Limits(batch_deadline_base_s=0.5, batch_deadline_per_event_s=0.0005, event_deadline_s=0.05,
+                    bisect_budget_s=0.5, max_kills_before_quarantine=2)
+    with SandboxPool(limits) as pool:
+        yield pool
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Iterator[tuple[Path, EmbeddedLog]]:
+    with EmbeddedLog(tmp_path / "log") as log:
+        log.create_stream(TENANT, "web", time_field="ts")
+        yield tmp_path, log
+
+
+def _executor(data_dir: Path, log: EmbeddedLog, pool: SandboxPool, *, sinks: dict[str, float] | None = None,
+              outbox: Outbox | None = None, **config: Any) -> Executor:
+    def factory(path: Path, tenant: str) -> Sink:
+        return FakeSink(path, tenant)
+
+    config.setdefault("idle_poll_s", 0.02)
+    config.setdefault("poll_s", 0.05)
+    return Executor(data_dir, log, sink_factory=factory, outbox=outbox, pool=pool,
+                    config=ExecutorConfig(**config))
+
+
+def _sink(data_dir: Path) -> FakeSink:
+    return FakeSink(data_dir, TENANT)
+
+
+def _wait(executor: Executor, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    assert executor.wait_caught_up(TENANT, name, timeout), executor.pipeline_status(TENANT, name)
+    return executor.pipeline_status(TENANT, name)
+
+
+FILTER = """name: {name}
+source: web
+start: {start}
+steps:
+  - filter: "status >= 500"
+  - transform:
+      set: {{tag: "'v{tag}'"}}
+"""
+
+
+def test_new_pipelines_start_at_the_end_unless_earliest(data: tuple[Path, EmbeddedLog],
+                                                        pool: SandboxPool) -> None:
+    data_dir, log = data
+    log.append(TENANT, "web", _events(0, 100))
+    executor = _executor(data_dir, log, pool)
+    executor.start()
+    try:
+        executor.deploy(TENANT, FILTER.format(name="late", start="latest", tag=1), actor="alice")
+        executor.deploy(TENANT, FILTER.format(name="early", start="earliest", tag=1), actor="alice")
+        _wait(executor, "late")
+        _wait(executor, "early")
+        log.append(TENANT, "web", _events(100, 120))
+        _wait(executor, "late")
+        _wait(executor, "early")
+    finally:
+        executor.stop()
+    sink = _sink(data_dir)
+    assert [r["n"] for r in sink.rows("late")] == [100, 104, 108, 112, 116]
+    assert [r["n"] for r in sink.rows("early")] == list(range(0, 120, 4))
+    assert {r["tag"] for r in sink.rows("early")} == {"v1"}
+
+
+def test_hot_swap_continues_at_the_next_offset_without_gap_or_overlap(data: tuple[Path, EmbeddedLog],
+                                                                      pool: SandboxPool) -> None:
+    data_dir, log = data
+    executor = _executor(data_dir, log, pool, batch_size=50)
+    executor.start()
+    stop = threading.Event()
+
+    def feed() -> None:
+        n = 0
+        while not stop.is_set() and n < 4000:
+            log.append(TENANT, "web", _events(n, n + 20))
+            n += 20
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed)
+    try:
+        assert executor.deploy(TENANT, FILTER.format(name="swap", start="earliest", tag=1), actor="a") == 1
+        feeder.start()
+        time.sleep(0.3)
+        assert executor.deploy(TENANT, FILTER.format(name="swap", start="earliest", tag=2), actor="a") == 2
+        time.sleep(0.2)
+        executor.rollback(TENANT, "swap", actor="b")  # back to version 1, as version 1
+        time.sleep(0.2)
+        stop.set()
+        feeder.join()
+        status = _wait(executor, "swap")
+    finally:
+        stop.set()
+        executor.stop()
+    writes = [(v, first, last) for p, kind, v, first, last in FakeSink.writes[f"{data_dir}/{TENANT}"]
+              if p == "swap" and kind == "outputs"]
+    runs = [v for i, (v, _, _) in enumerate(writes) if i == 0 or writes[i - 1][0] != v]
+    assert runs == [1, 2, 1]  # version 1, swapped to 2, rolled back to 1: one contiguous run each
+    # ...and the runs tile the offsets exactly: each write starts right after the previous one.
+    for (_, _, last), (_, first, _) in itertools.pairwise(writes):
+        assert first == last + 1, writes
+    end = log.end_offset(TENANT, "web")
+    assert writes[0][1] == 0 and writes[-1][2] == end - 1 == status["position"] - 1
+    rows = _sink(data_dir).rows("swap")
+    assert [r["n"] for r in rows] == list(range(0, end, 4))
+    tags = [r["tag"] for r in rows]
+    assert tags[0] == "v1" and "v2" in tags and tags[-1] == "v1"
+
+
+AGG_RULE = """name: stateful
+source: web
+start: earliest
+time: ts
+steps:
+  - rule:
+      code: |
+        def rule(event):
+            return event["status"] >= 500
+        def dedup(event):
+            return event["host"]
+        def title(event):
+            return "errors on " + event["host"]
+      threshold: 2
+      window: 30s
+      suppress: 60s
+      severity: high
+  - aggregate:
+      window: 10s
+      by: [host]
+      measures: {{requests: "count(*)", errors: "count(*) FILTER (WHERE status >= 500)"}}
+      lateness: 2s
+"""
+
+
+def _bursts(start: int, stop: int) -> pa.Table:
+    """Errors come in bursts (the last 50 s of every 150 s), with quiet gaps longer than the rule's
+    window + suppress: the rebuilt alert state is exact (see the module docstring of stream.runner)."""
+    return from_events([{"n": i, "ts": T0 + i, "host": f"h{i % 3}",
+                         "status": 500 if i % 150 >= 100 and i % 4 == 0 else 200}
+                        for i in range(start, stop)])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("stage", ["begin", "sink", "outbox"])
+def test_state_survives_a_crash_outputs_and_signals_equal_an_uninterrupted_run(
+        tmp_path: Path, pool: SandboxPool, stage: str) -> None:
+    def run(root: Path, crash_at: int | None) -> FakeSink:
+        with EmbeddedLog(root / "log") as log:
+            log.create_stream(TENANT, "web", time_field="ts")
+            for start in range(0, 600, 40):
+                log.append(TENANT, "web", _bursts(start, start + 40))
+            crashed = threading.Event()
+
+            def fail(pipeline: str, where: str, first: int) -> None:
+                if crash_at is not None and not crashed.is_set() and where == stage and first >= crash_at:
+                    crashed.set()
+                    raise SystemExit  # the thread dies here, as in kill -9: nothing after this point runs
+
+            executor = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
+                                pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02),
+                                fail_point=fail)
+            executor.deploy(TENANT, AGG_RULE.format(), actor="alice")
+            if crash_at is None:
+                _wait(executor, "stateful")
+                executor.stop()
+                return _sink(root)
+            deadline = time.monotonic() + 30
+            while not crashed.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert crashed.is_set()
+            runner = executor.runner(TENANT, "stateful")
+            assert runner is not None and runner.join(10)
+            position = executor.pipeline_status(TENANT, "stateful")["position"]
+            assert 0 < position < 600
+            # Dropped without finishing: a new executor over the same data directory takes over.
+            executor.fail_point = None
+            again = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
+                             pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02))
+            again.start()
+            status = _wait(again, "stateful")
+            again.stop()
+            assert status["counters"]["replayed_events"] > 0  # state was rebuilt by replay
+            assert status["replay_from"] < status["position"]
+            return _sink(root)
+
+    clean = run(tmp_path / "clean", None)
+    crashed = run(tmp_path / "crashed", 420)  # inside the third burst, an alert open per host
+    assert clean.rows("stateful") == crashed.rows("stateful")
+    assert len(clean.rows("stateful")) == 177  # 59 closed 10 s windows x 3 hosts: no row doubled or lost
+    assert clean.signals("stateful") == crashed.signals("stateful")
+    signals = clean.signals("stateful").values()
+    assert len(signals) == 3 * 4 and {s["count"] for s in signals} >= {4}  # one alert per host and burst
+    # Every signal state was written once per offset range: replays replaced, never added.
+    kinds = [(k[1], k[2], k[3]) for k in crashed.store if k[0] == "stateful"]
+    assert len(kinds) == len(set(kinds))
+
+
+BAD_RAISE = """name: bad-raise
+source: web
+start: earliest
+steps:
+  - transform: |
+      def transform(event):
+          return event["missing"]
+"""
+BAD_HANG = """name: bad-hang
+source: web
+start: earliest
+steps:
+  - transform: |
+      def transform(event):
+          n = 0
+          while n >= 0:
+              n = n + 1
+          return event
+"""
+HEALTHY = """name: {name}
+source: web
+start: earliest
+steps:
+  - transform: |
+      def transform(event):
+          event["double"] = event["n"] * 2
+          return event
+"""
+
+
+def test_a_failing_or_hanging_pipeline_does_not_slow_a_healthy_one(data: tuple[Path, EmbeddedLog],
+                                                                   pool: SandboxPool) -> None:
+    data_dir, log = data
+    total = 20_000
+    for start in range(0, total, 2000):
+        log.append(TENANT, "web", _events(start, start + 2000))
+    no_pause = BudgetConfig(share=1.0)
+    executor = _executor(data_dir, log, pool, batch_size=2000, budget=no_pause)
+    executor.start()
+    try:
+        executor.deploy(TENANT, HEALTHY.format(name="warmup"), actor="a")
+        _wait(executor, "warmup")  # warm workers and imports before timing anything
+
+        def timed(name: str) -> float:
+            started = time.perf_counter()
+            executor.deploy(TENANT, HEALTHY.format(name=name), actor="a")
+            _wait(executor, name, timeout=60)
+            return total / (time.perf_counter() - started)
+
+        alone = timed("alone")
+        executor.deploy(TENANT, BAD_RAISE, actor="a")
+        executor.deploy(TENANT, BAD_HANG, actor="a")
+        beside = timed("beside")
+        _wait(executor, "bad-raise", timeout=60)
+        hang = _wait(executor, "bad-hang", timeout=60)
+        raised = executor.pipeline_status(TENANT, "bad-raise")
+    finally:
+        executor.stop()
+    # Two shared cores: the hanging code burns one until its worker is killed and the code
+    # quarantined, so allow a wide margin; a stalled healthy pipeline would be far below it.
+    assert beside >= 0.3 * alone, (alone, beside)
+    sink = _sink(data_dir)
+    assert len(sink.rows("beside")) == total and sink.rows("beside")[7]["double"] == 14
+    dead_raise = sink.rows("bad-raise", "dead_letters")
+    assert len(dead_raise) == total and {d.reason for d in dead_raise} == {"error"}
+    assert "missing" in dead_raise[0].message and dead_raise[0].line == 2
+    dead_hang = sink.rows("bad-hang", "dead_letters")
+    assert len(dead_hang) == total
+    reasons = {d.reason for d in dead_hang}
+    assert reasons <= {"timeout", "error"} and "timeout" in reasons
+    assert any("quarantined" in d.message for d in dead_hang)
+    assert raised["errors"][0]["count"] == total and raised["errors"][0]["reason"] == "error"
+    assert hang["counters"]["sandbox_kills"] > 0
+
+
+def test_error_budget_pauses_keeps_position_and_resume_continues(data: tuple[Path, EmbeddedLog],
+                                                                 pool: SandboxPool) -> None:
+    data_dir, log = data
+    budget = BudgetConfig(share=0.05, window_s=60, min_events=50)
+    executor = _executor(data_dir, log, pool, batch_size=100, budget=budget)
+    executor.start()
+    spec = """name: fragile
+source: web
+start: earliest
+steps:
+  - transform: |
+      def transform(event):
+          if event["status"] >= 500:
+              return event["missing"]
+          return event
+"""
+    log.append(TENANT, "web", _events(0, 100, status=200))
+    log.append(TENANT, "web", _events(100, 300))  # a quarter fail
+    try:
+        executor.deploy(TENANT, spec, actor="alice")
+        deadline = time.monotonic() + 30
+        while (executor.pipeline_status(TENANT, "fragile")["status"] != "paused"
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        status = executor.pipeline_status(TENANT, "fragile")
+        assert status["status"] == "paused" and status["state"] == "paused"
+        assert "error budget spent" in status["reason"] and "more than the 5.0% allowed" in status["reason"]
+        assert status["position"] == 200  # stopped at the batch that spent it, position kept
+        pause = executor.registry.audit(TENANT, "fragile")[0]
+        assert (pause["action"], pause["actor"]) == ("pause", "executor")
+        assert "error budget spent" in pause["detail"]["reason"]
+        time.sleep(0.2)
+        assert executor.pipeline_status(TENANT, "fragile")["position"] == 200  # stays paused
+        executor.resume(TENANT, "fragile", actor="bob")
+        time.sleep(0.5)  # the next batch fails 25% again: paused again, one batch further
+        status = executor.pipeline_status(TENANT, "fragile")
+        assert status["status"] == "paused" and status["position"] == 300
+    finally:
+        executor.stop()
+    sink = _sink(data_dir)
+    assert [r["n"] for r in sink.rows("fragile")] == [n for n in range(300) if n < 100 or n % 4]
+
+
+def test_a_slow_sink_slows_only_its_pipeline_and_batches_are_bounded(data: tuple[Path, EmbeddedLog],
+                                                                     pool: SandboxPool) -> None:
+    data_dir, log = data
+    for start in range(0, 5000, 500):
+        log.append(TENANT, "web", _events(start, start + 500))
+
+    slow_names = {"slow"}
+
+    class SlowFirst(FakeSink):
+        def _put(self, kind: str, pipeline: str, version: int, value: Any, first: int, last: int) -> None:
+            if pipeline in slow_names:
+                time.sleep(0.3)
+            super()._put(kind, pipeline, version, value, first, last)
+
+    executor = Executor(data_dir, log, sink_factory=lambda p, t: SlowFirst(p, t), outbox=None, pool=pool,
+                        config=ExecutorConfig(batch_size=250, idle_poll_s=0.02, poll_s=0.05))
+    executor.start()
+    try:
+        executor.deploy(TENANT, FILTER.format(name="slow", start="earliest", tag=1), actor="a")
+        executor.deploy(TENANT, FILTER.format(name="fast", start="earliest", tag=1), actor="a")
+        fast = _wait(executor, "fast", timeout=10)
+        slow = executor.pipeline_status(TENANT, "slow")
+        assert fast["lag"] == 0 and slow["lag"] > 0  # the fast one did not wait for the slow sink
+        _wait(executor, "slow", timeout=30)
+    finally:
+        executor.stop()
+    ranges = [(last - first + 1) for p, kind, _, first, last in FakeSink.writes[f"{data_dir}/{TENANT}"]
+              if kind == "outputs"]
+    assert ranges and max(ranges) <= 250
+
+
+def test_status_metrics_outbox_and_retire(data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
+    data_dir, log = data
+    outbox = Outbox(data_dir / "outbox.sqlite3")
+    executor = _executor(data_dir, log, pool, outbox=outbox)
+    spec = """name: alerting
+source: web
+start: earliest
+steps:
+  - filter: "status >= 500"
+  - rule:
+      code: |
+        def rule(event):
+            return True
+        def dedup(event):
+            return event["host"]
+      threshold: 3
+      window: 60s
+alerts:
+  - file: alerts.jsonl
+"""
+    log.append(TENANT, "web", _events(0, 200))
+    executor.start()
+    try:
+        executor.deploy(TENANT, spec, actor="alice")
+        status = _wait(executor, "alerting")
+        assert status["version"] == 1 and status["state"] == "running" and status["end_offset"] == 200
+        steps = [(s["id"], s["in"], s["out"]) for s in status["steps"]]
+        assert steps == [("filter", 200, 50), ("rule", 50, 50)]
+        assert status["counters"]["events_in"] == 200 and status["counters"]["signals"] > 0
+        assert status["counters"]["enqueued"] > 0
+        metrics = executor.metrics()
+        labels = {"tenant": TENANT, "pipeline": "alerting"}
+        assert (labels, 200.0) in metrics["logbus_pipeline_events_in_total"]
+        step_labels = {**labels, "step": "filter", "kind": "filter"}
+        assert (step_labels, 50.0) in metrics["logbus_step_events_out_total"]
+        assert (labels, 0.0) in metrics["logbus_pipeline_lag_events"]
+        queued = outbox.claim(limit=100, lease_s=5)
+        assert {c.signal["dedup"] for c in queued} == {"h0", "h1", "h2"}
+        assert {c.pipeline for c in queued} == {"alerting"}
+        assert queued[0].destination == {"file": "alerts.jsonl"}
+        executor.retire(TENANT, "alerting", actor="bob")
+        assert executor.pipeline_status(TENANT, "alerting")["state"] == "retired"
+        assert "pipeline:alerting" not in log.consumers(TENANT, "web")  # no longer holds retention
+        assert executor.checkpoints.load(TENANT, "alerting") is None
+    finally:
+        executor.stop()
+        outbox.close()
