@@ -81,7 +81,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from server.report import render_trial
     from stream.trial import run_trial
 
     if args.limit is not None and args.limit < 0:
@@ -107,6 +106,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:
+        from server.report import render_trial  # only the human-readable report needs it
+
         print(render_trial(report, pipeline=str(args.pipeline)))
     return 0 if report.ok else 1
 

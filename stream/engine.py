@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -30,7 +30,9 @@ from primitives.runtime import (
     StepRuntime,
 )
 from primitives.spec import PipelineSpec, StepSpec
-from sandbox import SandboxPool
+
+if TYPE_CHECKING:  # the pool (subprocesses, isolation) is imported by whoever builds one
+    from sandbox import SandboxPool
 
 
 @dataclass(slots=True)

@@ -14,7 +14,9 @@ so a chunk where it did that is also re-read per line: events keep their origina
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from primitives.batch import from_events
@@ -35,6 +38,8 @@ MAX_LINE_BYTES = 1 << 20  # 1 MiB: an event larger than this is refused, not hal
 MAX_DEPTH = 64  # deeper JSON is refused: nobody's log event nests deeper, attackers' do
 CHUNK_BYTES = 8 << 20
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
+_INNER_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")  # an empty or whitespace-only line between two others
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(slots=True)
@@ -56,19 +61,23 @@ def read_events(
     """Yield batches of at most `batch_size` events, in file order, up to `limit` events."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    parse_chunk = _ndjson_chunk if fmt == "ndjson" else _lines_chunk
     remaining = limit
-    for first_line, lines in _chunked_lines(source, batch_size):
+    for first_line, body in _chunks(source):
         if remaining is not None and remaining <= 0:
             return
-        batch = _parse_lines(lines, first_line) if fmt == "ndjson" else _message_lines(lines, first_line)
-        if remaining is not None:
-            if batch.table.num_rows > remaining:
-                batch.table = batch.table.slice(0, remaining)
-            remaining -= batch.table.num_rows
-        yield batch
+        for batch in parse_chunk(body, first_line, batch_size):
+            if remaining is not None:
+                if remaining <= 0:
+                    return
+                if batch.table.num_rows > remaining:
+                    batch.table = batch.table.slice(0, remaining)
+                remaining -= batch.table.num_rows
+            yield batch
 
 
-def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *, limit: int | None = None) -> InputBatch:
+def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
+             limit: int | None = None) -> InputBatch:
     """The whole input as one batch (tests, small files)."""
     tables, dead = [], []
     for batch in read_events(source, fmt, limit=limit):
@@ -78,20 +87,20 @@ def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *, limit: in
     return InputBatch(table, dead)
 
 
-def _chunked_lines(source: str | Path | BinaryIO, batch_size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """Split the input on any line ending, without ever cutting a CRLF pair in two."""
-    stream: BinaryIO
-    if isinstance(source, str | Path):
-        stream = open(source, "rb")  # noqa: SIM115 - closed in the finally below
-    else:
-        stream = source
+def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Whole lines, about CHUNK_BYTES at a time, with the 1-based number of each chunk's first line.
+
+    A chunk never ends inside a line nor between the CR and LF of a CRLF pair. Line numbers carry
+    from chunk to chunk by counting line endings (LF, CRLF, bare CR) with bytes.count, so that no
+    chunk has to be split into lines unless it is read line by line."""
+    # closed in the finally below
+    stream: BinaryIO = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
     try:
         carry = b""
         line_no = 1
-        pending: list[bytes] = []
         while True:
             chunk = stream.read(CHUNK_BYTES)
-            data = carry + chunk
+            data = carry + chunk if carry else chunk
             if chunk:
                 # keep the last (possibly partial) line, and a trailing CR that may precede an LF
                 cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
@@ -103,22 +112,64 @@ def _chunked_lines(source: str | Path | BinaryIO, batch_size: int) -> Iterator[t
                 body, carry = data[: cut + 1], data[cut + 1 :]
             else:
                 body, carry = data, b""
-            parts = _NEWLINES.split(body)
-            if body.endswith((b"\n", b"\r")):
-                parts.pop()  # the empty string after the final line ending
-            for part in parts:
-                pending.append(part)
-                if len(pending) >= batch_size:
-                    yield line_no, pending
-                    line_no += len(pending)
-                    pending = []
+            if body:
+                yield line_no, body
+                line_no += _line_endings(body)
             if not chunk:
                 break
-        if pending:
-            yield line_no, pending
     finally:
         if stream is not source:
             stream.close()
+
+
+def _line_endings(body: bytes) -> int:
+    lf = body.count(b"\n")
+    if b"\r" not in body:  # memchr: much cheaper than counting CRLF pairs
+        return lf
+    return lf + body.count(b"\r") - body.count(b"\r\n")
+
+
+def _split_lines(body: bytes) -> list[bytes]:
+    parts = _NEWLINES.split(body)
+    if body.endswith((b"\n", b"\r")):
+        parts.pop()  # the empty string after the final line ending
+    return parts
+
+
+def _line_groups(body: bytes, first_line: int, batch_size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """The slow path's view of a chunk: its lines, `batch_size` at a time, with their first line."""
+    lines = _split_lines(body)
+    for start in range(0, len(lines), batch_size):
+        yield first_line + start, lines[start : start + batch_size]
+
+
+def _slices(table: pa.Table, first_line: int, batch_size: int) -> Iterator[InputBatch]:
+    """Batches of a chunk read in one go, where row i is line first_line + i."""
+    for start in range(0, table.num_rows, batch_size):
+        yield InputBatch(table.slice(start, batch_size), [], first_line + start)
+
+
+def _lines_chunk(body: bytes, first_line: int, batch_size: int) -> Iterator[InputBatch]:
+    """`--format lines` for one chunk: decode once and split on str line endings. A chunk with
+    invalid UTF-8, an empty line or a line that may be over the cap goes line by line, so that
+    each bad line gets its own dead letter and every batch its true first line."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        messages = text.split("\n")
+        if text.endswith("\n"):
+            messages.pop()
+        # a str line of n characters is at most 4n bytes: only a long one needs its bytes counted
+        short = len(body) <= MAX_LINE_BYTES or max(map(len, messages)) <= MAX_LINE_BYTES // 4
+        if short and "" not in messages:
+            yield from _slices(pa.table({"message": pa.array(messages, pa.string())}), first_line, batch_size)
+            return
+    for line, lines in _line_groups(body, first_line, batch_size):
+        yield _message_lines(lines, line)
 
 
 def _message_lines(lines: list[bytes], first_line: int) -> InputBatch:
@@ -139,18 +190,59 @@ def _message_lines(lines: list[bytes], first_line: int) -> InputBatch:
     return InputBatch(pa.table({"message": pa.array(messages, pa.string())}), dead, first_line)
 
 
+def _ndjson_chunk(body: bytes, first_line: int, batch_size: int) -> Iterator[InputBatch]:
+    table = _fast_chunk(body)
+    if table is not None:
+        yield from _slices(table, first_line, batch_size)
+        return
+    for line, lines in _line_groups(body, first_line, batch_size):
+        yield _parse_lines(lines, line)
+
+
+def _fast_chunk(body: bytes) -> pa.Table | None:
+    """A whole chunk through Arrow's reader without splitting it into lines, or None when only the
+    per-line path can read it exactly.
+
+    The fast result is used only when row i is certainly line i and every line is one valid
+    object: LF endings only (Arrow does not end a line at a bare CR), no blank or whitespace-only
+    line (Arrow skips those, and would then shift row numbers), as many rows as lines (Arrow
+    reads `{..} {..}` on one line as two events), no line over the size cap, valid UTF-8 with no
+    byte order mark (Arrow copies bytes into strings unchecked), and no NaN or Infinity (Arrow
+    accepts them; JSON does not)."""
+    if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
+        return None
+    if not body.isascii() and (not _valid_utf8(body) or body.startswith(_BOM) or b"\n" + _BOM in body):
+        return None
+    if _has_blank_line(body) or _has_long_line(body):
+        return None
+    table = _read_json(body)
+    if table is None or table.num_rows != body.count(b"\n") + (not body.endswith(b"\n")):
+        return None
+    if _has_non_finite(table):
+        return None
+    return table
+
+
 def _parse_lines(lines: list[bytes], first_line: int) -> InputBatch:
     blob = b"\n".join(line for line in lines if line and len(line) <= MAX_LINE_BYTES)
     if blob and all(len(line) <= MAX_LINE_BYTES for line in lines):
-        table = _fast_ndjson(blob)
-        if table is not None:
+        table = _read_json(blob)
+        if table is not None and not _has_non_finite(table):
             return InputBatch(table, [], first_line)
     return _slow_ndjson(lines, first_line)
 
 
-def _fast_ndjson(blob: bytes) -> pa.Table | None:
+def _read_json(blob: bytes) -> pa.Table | None:
+    """Arrow's reader over `blob`, or None where it refuses it. Where Arrow inferred timestamps
+    from ISO strings the blob is read again with those columns forced to strings: events keep
+    the strings the file holds."""
+    read_options = _read_options(len(blob))
     try:
-        table = pa_json.read_json(io.BytesIO(blob), read_options=pa_json.ReadOptions(block_size=1 << 24))
+        table = pa_json.read_json(io.BytesIO(blob), read_options=read_options)
+        if _has_inferred_time(table.schema):
+            schema = pa.schema([f.with_type(_time_as_string(f.type)) for f in table.schema])
+            table = pa_json.read_json(io.BytesIO(blob), read_options=read_options,
+                                      parse_options=pa_json.ParseOptions(explicit_schema=schema))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     if _has_inferred_time(table.schema) or _too_deep(table.schema):
@@ -158,9 +250,96 @@ def _fast_ndjson(blob: bytes) -> pa.Table | None:
     return table
 
 
+def _read_options(size: int) -> pa_json.ReadOptions:
+    """On one CPU, one block and no threads (measured: threads only add overhead there); with
+    more, 2 MiB blocks parse in parallel (larger than any accepted line, so none straddles)."""
+    if _cpus() > 1:
+        return pa_json.ReadOptions(use_threads=True, block_size=2 * MAX_LINE_BYTES + 64)
+    return pa_json.ReadOptions(use_threads=False, block_size=max(size + 1, 1 << 16))
+
+
+@functools.cache
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _has_blank_line(body: bytes) -> bool:
+    first_end = body.find(b"\n")
+    last_start = body.rfind(b"\n") + 1
+    return (not body[: first_end if first_end >= 0 else len(body)].strip()
+            or (last_start < len(body) and not body[last_start:].strip())
+            or _INNER_BLANK_LINE.search(body) is not None)
+
+
+def _valid_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _has_long_line(body: bytes) -> bool:
+    """Whether some line is over MAX_LINE_BYTES (a CR before its LF counted, which only sends a
+    line at the cap to the exact path). Jumps to the last LF within reach, so it looks at a few
+    positions per MiB rather than every line."""
+    pos, end = 0, len(body)
+    while end - pos > MAX_LINE_BYTES:
+        newline = body.rfind(b"\n", pos, pos + MAX_LINE_BYTES + 1)
+        if newline < 0:
+            return True
+        pos = newline + 1
+    return False
+
+
+def _has_non_finite(table: pa.Table) -> bool:
+    """NaN or Infinity in a float column, at any depth: Arrow's reader accepts them, JSON does not."""
+    def walk(array: pa.Array) -> bool:
+        t = array.type
+        if pa.types.is_floating(t):
+            return bool(pc.any(pc.invert(pc.is_finite(array))).as_py())
+        if pa.types.is_struct(t):
+            return any(walk(array.field(i)) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return walk(array.flatten())
+        return False
+
+    return any(walk(chunk) for column in table.columns if _has_float(column.type) for chunk in column.chunks)
+
+
+def _has_float(t: pa.DataType) -> bool:
+    if pa.types.is_floating(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_float(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_float(t.value_type)
+    return False
+
+
+def _is_time(t: pa.DataType) -> bool:
+    return bool(pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t))
+
+
+def _time_as_string(t: pa.DataType) -> pa.DataType:
+    if _is_time(t):
+        return pa.string()
+    if pa.types.is_struct(t):
+        fields = [t.field(i) for i in range(t.num_fields)]
+        return pa.struct([f.with_type(_time_as_string(f.type)) for f in fields])
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_time_as_string(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_time_as_string(t.value_type)))
+    return t
+
+
 def _has_inferred_time(schema: pa.Schema) -> bool:
     def walk(t: pa.DataType) -> bool:
-        if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        if _is_time(t):
             return True
         if pa.types.is_struct(t):
             return any(walk(t.field(i).type) for i in range(t.num_fields))

@@ -13,16 +13,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 
 from primitives.batch import from_events, to_events
-from primitives.runtime import CodeError, DeadLetter
-from sandbox import SandboxPool
+from primitives.runtime import CodeError, CodeResult, DeadLetter
 from stream.engine import BatchOutput, Engine, sandbox_code_runner
 from stream.inputs import Format, read_events
 from stream.validation import Validation, validate_pipeline, validate_spec
+
+if TYPE_CHECKING:
+    from sandbox import SandboxPool
 
 MAX_OUTPUTS = 100
 MAX_ERROR_GROUPS = 50
@@ -105,10 +107,9 @@ def _run(validation: Validation, source: Any, events: list[dict[str, Any]] | Non
     if not validation.valid or validation.spec is None:
         report.seconds = time.perf_counter() - started
         return report
-    own_pool = pool is None
-    pool = pool or SandboxPool()
+    lazy = _LazyPool(pool, tenant)
     try:
-        engine = Engine(validation.spec, run_code=sandbox_code_runner(pool, tenant), base_dir=base_dir)
+        engine = Engine(validation.spec, run_code=lazy.run, base_dir=base_dir)
         total = BatchOutput()
         batches = _batches(source, events, fmt, limit, report)
         for batch in batches:
@@ -122,10 +123,31 @@ def _run(validation: Validation, source: Any, events: list[dict[str, Any]] | Non
         report.errors = _group_errors(total.code_errors)
         report.logs = total.logs[:100]
     finally:
-        if own_pool:
-            pool.close()
+        lazy.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+class _LazyPool:
+    """The sandbox pool, started (and imported) at the first code step call: a pipeline without
+    code never pays for worker processes. A pool passed in is used as is and left open."""
+
+    def __init__(self, pool: SandboxPool | None, tenant: str) -> None:
+        self._given = pool
+        self._own: SandboxPool | None = None
+        self._tenant = tenant
+
+    def run(self, kind: str, source: str, events: list[dict[str, Any]] | pa.Table) -> CodeResult:
+        pool = self._given or self._own
+        if pool is None:
+            from sandbox import SandboxPool
+
+            pool = self._own = SandboxPool()
+        return sandbox_code_runner(pool, self._tenant)(kind, source, events)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
 
 
 def _batches(source: Any, events: list[dict[str, Any]] | None, fmt: Format, limit: int | None,

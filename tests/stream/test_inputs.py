@@ -88,3 +88,68 @@ def test_empty_input_gives_no_events() -> None:
 def test_unknown_format_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown input format 'csv'"):
         list(read_events(io.BytesIO(b""), "csv"))  # type: ignore[arg-type]
+
+
+def _no_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(lines: list[bytes], first_line: int) -> None:
+        raise AssertionError(f"per-line path taken at line {first_line}")
+
+    monkeypatch.setattr(inputs, "_slow_ndjson", refuse)
+    monkeypatch.setattr(inputs, "_split_lines", refuse)
+
+
+def test_clean_chunks_take_the_fast_path_with_true_first_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_slow_path(monkeypatch)
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 100)
+    data = b"".join(b'{"i": %d}\r\n' % i for i in range(50))
+    batches = list(read_events(io.BytesIO(data), "ndjson", batch_size=3))
+    rows = [(b.first_line, b.table.column("i").to_pylist()) for b in batches]
+    assert all(first == values[0] + 1 for first, values in rows)
+    assert [v for _, values in rows for v in values] == list(range(50))
+
+
+def test_a_bad_line_in_a_later_chunk_reports_its_true_line_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 64)
+    lines = [b'{"i": %d}' % i for i in range(40)]
+    lines[33] = b'{"i": 33,'
+    # mixed endings before the bad line: each counts as one line
+    data = b"\r\n".join(lines[:10]) + b"\r" + b"\n".join(lines[10:]) + b"\n"
+    batch = _read(data)
+    assert [(d.line, d.reason) for d in batch.dead_letters] == [(34, "bad_json")]
+    assert batch.table.num_rows == 39
+
+
+def test_timestamp_looking_strings_stay_strings_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_slow_path(monkeypatch)
+    data = b'{"ts": "2024-01-01 00:00:00", "n": {"d": "2024-01-02"}, "l": ["2024-01-03T00:00:00"]}\n' * 3
+    table = _read(data).table
+    assert table.column("ts").to_pylist() == ["2024-01-01 00:00:00"] * 3
+    assert table.column("n").to_pylist() == [{"d": "2024-01-02"}] * 3
+    assert table.column("l").to_pylist() == [["2024-01-03T00:00:00"]] * 3
+
+
+def test_what_arrow_accepts_but_json_does_not_is_still_a_dead_letter() -> None:
+    # Arrow's reader takes two objects on one line (here balanced by a whitespace-only line that
+    # it skips), NaN, and invalid UTF-8 inside a string; each is one bad line with its number.
+    data = b'{"a": 1} {"a": 2}\n   \n{"a": 3}\n{"a": NaN}\n{"a": "\xff"}\n{"a": 4}\n'
+    batch = _read(data)
+    assert batch.table.column("a").to_pylist() == [3, 4]
+    assert [(d.line, d.reason) for d in batch.dead_letters] == [(1, "bad_json"), (4, "bad_json"),
+                                                                 (5, "invalid_utf8")]
+
+
+def test_lines_format_reports_invalid_utf8_in_a_later_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", 16)
+    data = b"alpha\r\nbeta\rgamma\ndelta\nep\xffsilon\nzeta\n"
+    batch = _read(data, "lines")
+    assert batch.table.column("message").to_pylist() == ["alpha", "beta", "gamma", "delta", "zeta"]
+    assert [(d.line, d.reason) for d in batch.dead_letters] == [(5, "invalid_utf8")]
+
+
+def test_lines_over_the_cap_are_refused_on_both_formats() -> None:
+    big = b"x" * (inputs.MAX_LINE_BYTES + 1)
+    assert [d.line for d in _read(b"a\n" + big + b"\nb\n", "lines").dead_letters] == [2]
+    exact = b'{"s": "' + b"y" * (inputs.MAX_LINE_BYTES - 9) + b'"}'
+    batch = _read(b'{"s": "a"}\n' + exact + b"\n" + b'{"s": "' + big + b'"}\n')
+    assert batch.table.num_rows == 2
+    assert [(d.line, d.reason) for d in batch.dead_letters] == [(3, "too_large")]
