@@ -9,7 +9,7 @@ else is a `bad_output` error that says what was returned and what to return inst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from math import isfinite
@@ -83,9 +83,9 @@ def _plain(value: Any, depth: int, budget: int, caps: OutputCaps, path: str) -> 
     size = _scalar_size(value, path)
     if size >= 0:
         budget -= size
-    elif isinstance(value, Mapping):
-        value, budget = _plain_dict(value, depth, budget, caps, path)
-    elif isinstance(value, list | tuple) or type(value).__name__ == "deque":
+    elif type(value) is dict or (type(value) is not list and isinstance(value, Mapping)):
+        value, budget = _plain_dict(value, depth, budget, caps, path)  # (exact types first: the
+    elif isinstance(value, list | tuple) or type(value).__name__ == "deque":  # ABC test is slow)
         if depth >= caps.max_depth:
             raise BadOutput(f"{path} is nested deeper than {caps.max_depth} levels")
         items = value if type(value) is list else list(value)
@@ -128,16 +128,23 @@ def _plain_dict(d: Mapping[Any, Any], depth: int, budget: int, caps: OutputCaps,
                 _scalar_size(v, f"{path}[{k!r}]")
         elif t is int:
             budget -= len(k) + 12
-            if not MIN_INT <= v <= MAX_INT:
+            if not (MIN_INT <= v <= MAX_INT and k.isascii()):
+                _scalar_size(k, path)
                 _scalar_size(v, f"{path}[{k!r}]")
         elif t is bool or v is None:
             budget -= len(k) + 9
+            if not k.isascii():
+                _scalar_size(k, path)
         elif t is float:
             budget -= len(k) + 12
-            if not isfinite(v):
+            if not (isfinite(v) and k.isascii()):
+                _scalar_size(k, path)
                 _scalar_size(v, f"{path}[{k!r}]")
-        else:
-            new, budget = _plain(v, depth + 1, budget - len(k) - 4, caps, f"{path}[{k!r}]")
+        else:  # a nested dict goes straight in: _plain would only find out that it is one
+            if not k.isascii():
+                _scalar_size(k, path)
+            new, budget = (_plain_dict if t is dict else _plain)(v, depth + 1, budget - len(k) - 4, caps,
+                                                                 f"{path}[{k!r}]")
             if new is not v:
                 changed = changed or []
                 changed.append((k, new))
@@ -160,11 +167,21 @@ def _plain_dict(d: Mapping[Any, Any], depth: int, budget: int, caps: OutputCaps,
 # error message: this path never rejects, it only vouches for rows _plain_dict would pass as is.
 
 _BULK_MIN = 32  # below this, building columns costs more than it saves
+_JOIN_MAX = 1 << 24  # chars: above this, ASCII is tested str by str rather than joined
 _STR_ONLY = frozenset({str})
 _TEXT = frozenset({str, type(None)})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float, bool, type(None)})
 # The per-row cost _plain_dict charges a value, besides len(key): _scalar_size(v) + 4.
 _NUMBER_COST, _FLAG_COST, _STR_COST = 12, 9, 6
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # a lone surrogate fails (joining strs never pairs two of them)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _scan(column: list[Any], slow: set[int]) -> int:
@@ -189,13 +206,19 @@ def _column_cost(column: list[Any], slow: set[int]) -> int:
     kinds = set(map(type, column))
     if kinds <= _TEXT:
         texts = list(filter(None, column)) if type(None) in kinds else column  # "" is fine too
-        if not all(map(str.isascii, texts)):
+        longest = max(map(len, texts), default=0)
+        # one join then one O(1) flag test, unless the join could be huge (a shared long str)
+        if longest * len(texts) <= _JOIN_MAX:
+            ascii_only = "".join(texts).isascii()
+        else:
+            ascii_only = all(map(str.isascii, texts))
+        if not ascii_only:
             return _scan(column, slow)  # some are non-ASCII: only a per-value encode can tell
-        return max(_STR_COST + max(map(len, texts), default=0), _FLAG_COST)
+        return max(_STR_COST + longest, _FLAG_COST)
     if kinds <= _NUMBERS:
         if int not in kinds and float not in kinds:
             return _FLAG_COST
-        numbers = list(filter(None, column))  # drops None, 0, 0.0, False: all valid
+        numbers = list(filter(None, column)) if type(None) in kinds else column
         try:
             # NaN or inf anywhere makes the sum NaN or inf (a finite overflow only costs a scan)
             if float in kinds and not isfinite(sum(numbers)):
@@ -208,26 +231,21 @@ def _column_cost(column: list[Any], slow: set[int]) -> int:
     return _scan(column, slow)
 
 
-def _flat_rows(outs: list[dict[str, Any]], max_bytes: int) -> set[int] | None:
-    """Rows of `outs` (dicts with exact-str keys) that _plain_dict must see; None for all."""
-    total = sum(map(len, outs))
-    names = list(outs[0])
-    columns: list[list[Any]] = []
-    try:
-        columns = [list(map(itemgetter(name), outs)) for name in names]
-        uniform = total == len(names) * len(outs)
-    except KeyError:
-        uniform = False
-    if not uniform:  # rows differ in keys: a missing key is charged as a None, which costs more
-        names = list(dict.fromkeys(chain.from_iterable(outs)))
-        if len(names) * len(outs) > 8 * total + 1024:
-            return None  # keys that are mostly unique per row: columns would be mostly holes
-        columns = [list(map(dict.get, outs, repeat(name))) for name in names]
-    keys = "".join(names)
-    if not keys.isascii() and not all(_scalar_size(name, "") >= 0 for name in names):
-        return None  # a key that is not valid UTF-8 (BadOutput from _scalar_size goes up too)
+def _same_shape(outs: list[dict[str, Any]], names: list[str], max_bytes: int) -> set[int] | None:
+    """Rows of `outs` that _plain_dict must see; None for all. Every row has exactly the keys
+    `names`, exact strs, in that order."""
+    joined = "".join(names)
+    if not joined.isascii() and not _utf8(joined):
+        return None  # a key that is not valid UTF-8: the exact checker says which
+    # one flat list of the values; each column is a slice of it (a C-level copy, no lookups)
+    flat = list(chain.from_iterable(map(dict.values, outs)))
+    width = len(names)
     slow: set[int] = set()
-    bound = 2 + len(keys) + sum(_column_cost(column, slow) for column in columns)
+    bound = 2 + len(joined)
+    for col in range(width):
+        bound += _column_cost(flat[col::width], slow)
+        if len(slow) * 4 > len(outs):
+            return None  # mostly nested or odd values: the exact checker has to walk them anyway
     return slow if bound <= max_bytes else None
 
 
@@ -235,17 +253,29 @@ def _exact_rows(outs: list[dict[str, Any]], caps: OutputCaps) -> set[int] | None
     """Rows of `outs` (exact dicts) that _plain_dict must see; the others are plain JSON data
     within the caps exactly as they are. None: all of them."""
     if len(outs) < _BULK_MIN or caps.max_depth < 1:
+        return None  # too few rows to be worth the columns, or every dict is too deep anyway
+    sample = outs[:: len(outs) // 4][:5]
+    if sum(_SCALARS.issuperset(map(type, out.values())) for out in sample) < 3:
+        return None  # mostly nested rows (judging by five): the exact checker walks them anyway
+    keys = list(chain.from_iterable(outs))
+    if _STR_ONLY.issuperset(map(type, keys)):  # every key an exact str, so comparing them below
+        names = list(outs[0])                   # runs no snippet-defined __eq__
+        if keys == names * len(outs):
+            return _same_shape(outs, names, caps.max_bytes)  # the common case: one shape
+        fits = list(map(names.__eq__, map(list, outs)))
+    else:
+        keyed = list(map(_STR_ONLY.issuperset, map(map, repeat(type), outs)))
+        names = list(outs[next((row for row, ok in enumerate(keyed) if ok), 0)])
+        fits = [ok and list(out) == names for ok, out in zip(keyed, outs, strict=True)]
+    # Rows differ in keys: those shaped like the first row with good keys are checked together,
+    # the others by the exact checker (when they are few).
+    rows = [row for row, fit in enumerate(fits) if fit]
+    if len(rows) * 4 < len(outs) * 3:
         return None
-    keyed = list(map(_STR_ONLY.issuperset, map(map, repeat(type), outs)))
-    if all(keyed):
-        return _flat_rows(outs, caps.max_bytes)
-    good = [row for row, ok in enumerate(keyed) if ok]
-    if len(good) < _BULK_MIN:
-        return None
-    inner = _flat_rows([outs[row] for row in good], caps.max_bytes)
+    inner = _same_shape([outs[row] for row in rows], names, caps.max_bytes)
     if inner is None:
         return None
-    return {row for row, ok in enumerate(keyed) if not ok} | {good[row] for row in inner}
+    return set(range(len(outs))).difference(rows) | {rows[row] for row in inner}
 
 
 def _check_dicts(values: list[Any], indices: list[int], caps: OutputCaps, fn: str,
@@ -255,15 +285,19 @@ def _check_dicts(values: list[Any], indices: list[int], caps: OutputCaps, fn: st
     outs = [values[i] for i in indices]
     try:
         slow = _exact_rows(outs, caps)
-    except BadOutput:
+    except Exception:  # MemoryError building columns of huge outputs, say: the exact checker decides
         slow = None
-    max_bytes = caps.max_bytes
-    for row, (i, out) in enumerate(zip(indices, outs, strict=True)):
-        if slow is not None and row not in slow:
+    if slow is None:
+        exact: Iterable[int] = range(len(outs))
+    else:
+        for i, out in zip(indices, outs, strict=True):
             values[i] = [out]
-            continue
+        exact = sorted(slow)
+    max_bytes = caps.max_bytes
+    for row in exact:
+        i = indices[row]
         try:
-            values[i] = [_plain_dict(out, 0, max_bytes, caps, _RETURNED)[0]]
+            values[i] = [_plain_dict(outs[row], 0, max_bytes, caps, _RETURNED)[0]]
         except Exception as exc:
             values[i] = None
             errors.append(_error(i, exc, fn))
