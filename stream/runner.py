@@ -49,7 +49,7 @@ class Sink(Protocol):
     """What the runner needs from `stream.sinks.parquet.OutputSink` (offsets: first and last, inclusive)."""
 
     def write_outputs(self, pipeline: str, version: int, table: pa.Table, first_offset: int,
-                      last_offset: int) -> Any: ...
+                      last_offset: int, *, time_field: str = "timestamp") -> Any: ...
 
     def write_signals(self, pipeline: str, version: int, signals: list[dict[str, Any]], first_offset: int,
                       last_offset: int) -> Any: ...
@@ -279,12 +279,12 @@ class PipelineRunner:
         out = engine.process(table)
         events = _concat(out.events)
         signals = _latest(out.signals)
-        if events is not None:
-            self.sink.write_outputs(self.name, self.version, events, first, last)
-        if signals:
-            self.sink.write_signals(self.name, self.version, signals, first, last)
-        if out.dead_letters:
-            self.sink.write_dead_letters(self.name, self.version, out.dead_letters, first, last)
+        # All three are written for every batch, empty or not: an empty write of a range is what
+        # clears rows that a crashed earlier attempt at the same offsets left behind.
+        self.sink.write_outputs(self.name, self.version, events if events is not None else pa.table({}),
+                                first, last, time_field=self.spec.time or "timestamp")
+        self.sink.write_signals(self.name, self.version, signals, first, last)
+        self.sink.write_dead_letters(self.name, self.version, out.dead_letters, first, last)
         self._fail("sink", first)
         if signals and self.destinations and self.outbox is not None:
             self.stats.enqueued += self.outbox.enqueue_many(self.tenant, self.name, self.destinations,

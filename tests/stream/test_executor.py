@@ -51,7 +51,12 @@ class FakeSink:
             self.log.append((pipeline, kind, version, first, last))
 
     def write_outputs(self, pipeline: str, version: int, table: pa.Table, first_offset: int,
-                      last_offset: int) -> None:
+                      last_offset: int, *, time_field: str = "timestamp") -> None:
+        if not table.num_rows:
+            # an empty write clears the range, as OutputSink does
+            with self.lock:
+                self.store.pop((pipeline, "outputs", first_offset, last_offset), None)
+            return
         self._put("outputs", pipeline, version, to_events(table), first_offset, last_offset)
 
     def write_signals(self, pipeline: str, version: int, signals: list[dict[str, Any]], first_offset: int,
