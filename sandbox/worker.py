@@ -12,12 +12,13 @@ operators; it is never shown to agents, since it could carry anything.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
+import logging
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,25 @@ F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
 STDERR_CAP = 8192
 EXIT_PROTOCOL, EXIT_MEMORY, EXIT_LAYER = 2, 3, 4
+_log = logging.getLogger(__name__)
+
+
+def _signal_death(number: int) -> str:
+    """Which signal ended the worker, and what that usually means here."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:  # a real-time signal has no enum member
+        name = f"signal {number}"
+    if number == signal.SIGSYS:
+        return f"worker killed by {name}: seccomp killed it for a forbidden system call"
+    if number == signal.SIGKILL:
+        return (
+            f"worker killed by {name}, not by a deadline of the pool: the host's out-of-memory "
+            "killer, the pool being closed, or another process"
+        )
+    if number == signal.SIGSEGV:
+        return f"worker killed by {name}: the interpreter crashed (a native-code fault)"
+    return f"worker killed by {name}"
 
 
 class WorkerError(Exception):
@@ -142,6 +162,7 @@ class WorkerProcess:
         self.pid_in_sandbox: int | None = None
         self._stderr = bytearray()
         self._outbox: list[memoryview] = []  # request bytes not yet taken by the worker's pipe
+        self._reap_lock = threading.Lock()  # see _kill_group: no signal after the reap
         started = time.perf_counter()
         self._proc = subprocess.Popen(
             self.spec.command(),
@@ -209,7 +230,14 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        # poll() may reap, so it takes the reap lock; a worker whose lock is held is being
+        # killed or reaped by another thread and counts as gone
+        if not self._reap_lock.acquire(blocking=False):
+            return False
+        try:
+            return self._proc.poll() is None
+        finally:
+            self._reap_lock.release()
 
     @property
     def stderr_tail(self) -> str:
@@ -291,10 +319,13 @@ class WorkerProcess:
             return BatchOutcome(
                 "memory", message=f"out of memory (limit {self.limits.memory_bytes >> 20} MiB)"
             )
-        if code == -signal.SIGSYS:
-            return BatchOutcome("crash", message="killed for a forbidden system call")
+        # The stderr tail may carry anything the code printed, so it goes to the operators' log,
+        # never into the message agents see; pid and exit status let an operator match the two.
+        _log.warning(
+            "sandbox worker pid %s died with status %s; stderr tail: %r", self.pid, code, tail[-2000:]
+        )
         if code is not None and code < 0:
-            return BatchOutcome("crash", message=f"worker killed by signal {signal.Signals(-code).name}")
+            return BatchOutcome("crash", message=_signal_death(-code))
         return BatchOutcome("crash", message=f"worker exited with status {code}")
 
     def _receive(self, deadline: float, cap: int) -> dict[str, Any]:
@@ -359,21 +390,29 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group (bubblewrap, its pid namespace, the worker) and reap it."""
         self._outbox.clear()
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError as exc:  # pragma: no cover - the group is ours unless the pid was reused
-            if exc.errno != errno.EPERM:
-                raise
+        self._kill_group()
         self._reap(2.0)
 
+    def _kill_group(self) -> None:
+        """SIGKILL the group, but only while its leader is still unreaped. Once `wait` has
+        reaped it, its pid, and so the group id, is free: the kernel hands it to the next new
+        process (pid_max is often 32768), a new worker of this pool or any process on the host,
+        and as root a stale killpg kills that one instead. The lock makes "not reaped yet" and
+        the signal one step against a reap in another thread (SandboxPool.close)."""
+        with self._reap_lock:
+            if self._proc.returncode is not None:
+                return
+            with contextlib.suppress(ProcessLookupError):  # only zombies left in the group
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
     def _reap(self, timeout: float) -> int | None:
-        try:
-            code = self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            code = self._proc.wait()
+        with self._reap_lock:
+            try:
+                code: int | None = self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # still unreaped (the wait timed out), so the group is still ours
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                code = self._proc.wait()
         for handle in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             try:
                 if handle:
@@ -388,7 +427,8 @@ class WorkerProcess:
             try:
                 if self._proc.stdin:
                     self._proc.stdin.close()
-                self._proc.wait(0.2)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
+            with self._reap_lock, contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(0.2)
         self.kill()
