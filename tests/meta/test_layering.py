@@ -90,9 +90,9 @@ def test_sandbox_worker_runtime_imports_only_stdlib_and_its_codec() -> None:
             bad.append(f"{path.relative_to(ROOT)}:{line} imports {top!r}")
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sandbox"):
-                if not node.module.startswith("sandbox.runtime"):
-                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module!r}")
+            if (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sandbox")
+                    and not node.module.startswith("sandbox.runtime")):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module!r}")
     assert not bad, "the worker runtime must stay minimal:\n" + "\n".join(bad)
 
 

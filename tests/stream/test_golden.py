@@ -61,11 +61,12 @@ def test_golden_case(path: Path, pool: SandboxPool) -> None:
     if "outputs" in expect:
         assert outputs == expect["outputs"]
     if "signals" in expect:
-        got = [{key: signal.get(key) for key in wanted} for signal, wanted in zip(signals, expect["signals"])]
+        pairs = zip(signals, expect["signals"], strict=False)
+        got = [{key: signal.get(key) for key in wanted} for signal, wanted in pairs]
         assert len(signals) == len(expect["signals"]), signals
         assert got == expect["signals"]
     if "dead_letters" in expect:
         got_dead = [{key: getattr(letter, key) for key in wanted}
-                    for letter, wanted in zip(dead, expect["dead_letters"])]
+                    for letter, wanted in zip(dead, expect["dead_letters"], strict=False)]
         assert len(dead) == len(expect["dead_letters"]), dead
         assert got_dead == expect["dead_letters"]
