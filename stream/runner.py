@@ -197,7 +197,9 @@ class PipelineRunner:
 
     def _run(self) -> None:
         source = self.spec.source
+        waited_for_stream = False
         while not self.log.has_stream(self.tenant, source):
+            waited_for_stream = True
             self.state = "waiting"
             self.reason = f"stream {source!r} does not exist yet; it is created by the first ingest"
             if self._stop.wait(self.config.idle_poll_s):
@@ -212,7 +214,10 @@ class PipelineRunner:
                         base_dir=self.data_dir)
         checkpoint = self.checkpoints.load(self.tenant, self.name)
         if checkpoint is None:
-            start = self.log.register_consumer(self.tenant, source, self.consumer, start=self.spec.start)
+            # "latest" means the stream's end when the pipeline was deployed. A stream that did not
+            # exist then was empty then, so everything in it now arrived after the deploy.
+            first = "earliest" if waited_for_stream else self.spec.start
+            start = self.log.register_consumer(self.tenant, source, self.consumer, start=first)
             checkpoint = self.checkpoints.start(self.tenant, self.name, start)
         else:  # hold retention from where a restart would replay
             try:

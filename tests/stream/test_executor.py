@@ -152,6 +152,22 @@ def test_new_pipelines_start_at_the_end_unless_earliest(data: tuple[Path, Embedd
     assert {r["tag"] for r in sink.rows("early")} == {"v1"}
 
 
+def test_a_latest_pipeline_deployed_before_its_stream_exists_sees_every_event(
+        data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
+    """`latest` is the stream's end at deploy time; for a stream not created yet that is offset 0."""
+    data_dir, log = data
+    executor = _executor(data_dir, log, pool)
+    executor.start()
+    try:
+        executor.deploy(TENANT, FILTER.format(name="first", start="latest", tag=1), actor="alice")
+        time.sleep(0.2)  # the runner is now waiting for the stream
+        log.append(TENANT, "web", _events(0, 40))
+        _wait(executor, "first")
+    finally:
+        executor.stop()
+    assert [r["n"] for r in _sink(data_dir).rows("first")] == list(range(0, 40, 4))
+
+
 def test_hot_swap_continues_at_the_next_offset_without_gap_or_overlap(data: tuple[Path, EmbeddedLog],
                                                                       pool: SandboxPool) -> None:
     data_dir, log = data
