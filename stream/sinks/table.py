@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 MANIFEST = "_manifest.json"
 LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
+# Files at or over this size are done: compaction merges only smaller ones (see compact()).
+SMALL_FILE_BYTES = 16 * 1024 * 1024
 
 Range = tuple[int, int, int]  # first offset, last offset (inclusive), rows in the file
 
@@ -236,9 +238,13 @@ class ParquetTable:
         fsync_dir(self.root)
 
     # -- compaction -----------------------------------------------------------------------------
-    def compact(self, *, min_files: int = 8) -> int:
-        """Merge the files of each partition that has at least `min_files` into as few files as
-        their schemas allow; returns how many files were merged away.
+    def compact(self, *, min_files: int = 8, small_bytes: int = SMALL_FILE_BYTES) -> int:
+        """Merge the small files of each partition that has at least `min_files` of them into as few
+        files as their schemas allow; returns how many files were merged away.
+
+        Only files under `small_bytes` take part, so a file that compaction already made big is
+        never read again: each compaction's memory and time stay bounded however long the
+        partition grows (merging everything each time made both grow with the day's output).
 
         The merge runs without the lock (a writer is not held up); the commit takes the lock and
         applies only groups whose files are all still live, so a range superseded meanwhile is
@@ -250,7 +256,8 @@ class ParquetTable:
         manifest = self.load()
         by_partition: dict[str, list[FileEntry]] = {}
         for entry in manifest.files:
-            by_partition.setdefault(entry.partition, []).append(entry)
+            if self._size(entry) < small_bytes:
+                by_partition.setdefault(entry.partition, []).append(entry)
         plans: list[tuple[list[FileEntry], pa.Table]] = []
         for entries in by_partition.values():
             if len(entries) < min_files:
@@ -282,6 +289,12 @@ class ParquetTable:
             if dropped:
                 self._commit(Manifest(generation, files, current.garbage), dropped)
         return merged_away
+
+    def _size(self, entry: FileEntry) -> int:
+        try:
+            return (self.root / entry.path).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def sweep(self) -> int:
         """Delete files nobody references: superseded files past the grace period, and files and

@@ -296,3 +296,27 @@ def test_bad_offset_range_is_refused(sink: OutputSink, first: Any, last: Any) ->
 def test_bad_pipeline_name_cannot_spell_a_path(sink: OutputSink) -> None:
     with pytest.raises(ValueError, match=re.escape("pipeline name '../x' is invalid")):
         sink.write_outputs("../x", 1, batch(0, 0), 0, 0)
+
+
+def test_compaction_never_rereads_files_that_are_already_big(tmp_path: Path) -> None:
+    """Each compaction merges only small files, so its cost does not grow with the partition."""
+    from stream.sinks.table import ParquetTable
+
+    sink = OutputSink(tmp_path, "t", compact_after=None)
+    for batch in range(6):
+        first = batch * 10
+        sink.write_outputs("p", 1, pa.table({"n": list(range(first, first + 10))}), first, first + 9,
+                           time_field="none")
+    table = sink.table("outputs", "p")
+    assert isinstance(table, ParquetTable)
+    assert table.compact(min_files=2, small_bytes=1) == 0  # every file counts as big: nothing to do
+    assert table.compact(min_files=2) == 5  # all small: merged into one
+    big = [e for _, e in table.live_files()]
+    assert len(big) == 1
+    for batch in range(6, 9):
+        first = batch * 10
+        sink.write_outputs("p", 1, pa.table({"n": list(range(first, first + 10))}), first, first + 9,
+                           time_field="none")
+    size_of_merged = (table.root / big[0].path).stat().st_size
+    assert table.compact(min_files=2, small_bytes=size_of_merged) == 2  # only the 3 new files merge
+    assert big[0].path in {e.path for _, e in table.live_files()}  # the big file was left alone
