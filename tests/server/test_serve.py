@@ -194,7 +194,13 @@ def test_kill_9_mid_stream_then_restart_gives_the_outputs_and_signals_of_an_unin
         for chunk, key in zip(chunks[7:], keys[7:], strict=True):
             assert post(server.url, token, chunk, key).status_code == 200
         wait_caught_up(crashed, "web-errors", TOTAL)
-        status = json.loads(logbus(crashed, "status", "--json").stdout)
+        # the server publishes its live status about once a second: give the snapshot time to turn over
+        deadline = time.monotonic() + 15
+        while True:
+            status = json.loads(logbus(crashed, "status", "--json").stdout)
+            if status["pipelines"][0]["state"] == "running" or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         assert status["server"]["running"] is True
         assert status["pipelines"][0]["state"] == "running" and status["pipelines"][0]["lag"] == 0
         assert server.stop() == 0
