@@ -245,12 +245,12 @@ def _parse_document(text: str | bytes, filename: str | None) -> tuple[Any, Lines
         loader.dispose()
 
 
-class _SafeNoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _SafeNoAliasLoader(yaml.SafeLoader):
     """SafeLoader without anchors/aliases: a few aliases can expand to gigabytes ("billion laughs")."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in specs",
                                               event.start_mark)
         return super().compose_node(parent, index)

@@ -176,7 +176,9 @@ def _add_operator_commands(sub: Any) -> None:
                  "delivery. SIGTERM or Ctrl-C stops it cleanly: pipelines stop at a batch boundary. "
                  "State changes made with `logbus pipelines ...` while it runs apply within a second.",
                  "  logbus serve\n  logbus serve --data /var/lib/logbus --port 9000\n"
-                 "  LOGBUS_DATA=/srv/logbus logbus serve --host 0.0.0.0  # all interfaces: TLS in front\n")
+                 "  LOGBUS_DATA=/srv/logbus logbus serve --host 0.0.0.0  # all interfaces: TLS in front\n"
+                 "  logbus serve --tail /var/log/auth.log=auth --tail /var/log/app.json=app:ndjson\n"
+                 "  logbus serve --syslog-udp 127.0.0.1:5514=syslog --syslog-tcp 127.0.0.1:5514=syslog\n")
     _add_data(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
@@ -184,6 +186,19 @@ def _add_operator_commands(sub: Any) -> None:
                        help="events per pipeline batch: bounds each pipeline's memory (default: 10000)")
     serve.add_argument("--alert-retry-cap", type=float, default=300.0, metavar="SECONDS",
                        help="longest wait between alert delivery retries (default: 300)")
+    serve.add_argument("--tail", action="append", default=[], metavar="PATH=STREAM[:FORMAT]",
+                       help="follow a file like `tail -F` (rotation, truncation, restarts without loss) into "
+                            "STREAM of tenant default; FORMAT is lines (default, one event per line) or "
+                            "ndjson; repeatable")
+    serve.add_argument("--tail-from-beginning", action="store_true",
+                       help="read files that --tail meets for the first time from their beginning "
+                            "(default: from their end, as tail -F)")
+    serve.add_argument("--syslog-udp", action="append", default=[], metavar="HOST:PORT=STREAM",
+                       help="receive syslog (RFC 5424/3164) datagrams into STREAM of tenant default; "
+                            "repeatable")
+    serve.add_argument("--syslog-tcp", action="append", default=[], metavar="HOST:PORT=STREAM",
+                       help="receive syslog over TCP (octet-counted or newline-framed) into STREAM; "
+                            "repeatable")
     serve.set_defaults(handler=_cmd_serve)
 
     ingest = _sub(sub, "ingest", "send a file (or stdin) into a stream",
@@ -341,7 +356,16 @@ def _data(args: argparse.Namespace) -> Path:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from server.serve import ServeError, serve
+    from stream.sources import SyslogError, SyslogSpec, TailError, TailSpec, parse_tail_spec
+    from stream.sources import parse_listen_spec as listen_spec
 
+    try:
+        tails: list[TailSpec] = [parse_tail_spec(spec) for spec in args.tail]
+        syslog: list[SyslogSpec] = [("udp", *listen_spec(spec, "--syslog-udp")) for spec in args.syslog_udp]
+        syslog += [("tcp", *listen_spec(spec, "--syslog-tcp")) for spec in args.syslog_tcp]
+    except (TailError, SyslogError) as exc:
+        print(f"logbus serve: {exc}", file=sys.stderr)
+        return 2
     if not 0 < args.port < 65536:
         print(f"logbus serve: --port must be 1-65535; got {args.port}", file=sys.stderr)
         return 2
@@ -350,7 +374,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         return serve(_data(args), args.host, args.port, batch_size=args.batch_size,
-                     alert_retry_cap_s=args.alert_retry_cap)
+                     alert_retry_cap_s=args.alert_retry_cap, tails=tails, syslog=syslog,
+                     tail_start="beginning" if args.tail_from_beginning else "end")
     except ServeError as exc:
         return _fail("serve", str(exc))
 

@@ -5,7 +5,8 @@ Start-up opens, in order: the embedded log, the token store, the alert outbox an
 every active pipeline resumes from its checkpoint, rebuilding window state by replay), then
 uvicorn. One server per data directory: a second one would run every pipeline twice, so an
 exclusive lock on `<data>/state/serve.lock` refuses it (the kernel drops the lock when the
-process dies, `kill -9` included).
+process dies, `kill -9` included). With `--tail` and `--syslog-udp/--syslog-tcp` it also runs those
+sources (`stream.sources`, tenant `default`); their counters are in the snapshot below.
 
 SIGTERM and SIGINT stop it cleanly: uvicorn stops accepting and finishes the requests in flight,
 then the executor stops every pipeline at a batch boundary, the deliverer stops after its current
@@ -26,9 +27,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.sources import Start, SyslogSpec, TailSpec
 
 DEFAULT_DATA = "logbus-data"
 SNAPSHOT = "serve.json"
@@ -49,7 +54,8 @@ class LogBusServer:
     """Everything `logbus serve` runs except uvicorn: build, `start()`, serve `app`, `stop()`."""
 
     def __init__(self, data_dir: str | Path, *, batch_size: int = 10_000, poll_s: float = 1.0,
-                 alert_retry_cap_s: float = 300.0, url: str = "") -> None:
+                 alert_retry_cap_s: float = 300.0, url: str = "", tails: Sequence[TailSpec] = (),
+                 syslog: Sequence[SyslogSpec] = (), tail_start: Start = "end") -> None:
         from sandbox import SandboxPool
         from server.app import create_app
         from server.tokens import TokenStore
@@ -85,6 +91,7 @@ class LogBusServer:
             self.executor = Executor(self.data_dir, self.log, sink_factory=OutputSink, outbox=self.outbox,
                                      pool=self.pool, config=config)
             self._closers.append(self.executor.close)
+            self.sources = _sources(self.log, state, tails, syslog, tail_start)
         except BaseException:
             self._close_all()
             raise
@@ -95,8 +102,16 @@ class LogBusServer:
         self._snapshots = threading.Thread(target=self._snapshot_loop, name="serve-snapshot", daemon=True)
 
     def start(self) -> None:
+        """Start everything; ServeError when a source cannot (a syslog port in use)."""
+        from stream.sources import SyslogError
+
         self.deliverer.start()
         self.executor.start()
+        for source in self.sources:
+            try:
+                source.start()
+            except SyslogError as exc:
+                raise ServeError(str(exc)) from None
         self._snapshots.start()
 
     def stop(self) -> None:
@@ -104,6 +119,9 @@ class LogBusServer:
         self._stop.set()
         if self._snapshots.is_alive():
             self._snapshots.join(5)
+        for source in self.sources:  # first: what they buffered is appended before the log closes
+            with contextlib.suppress(Exception):
+                source.stop()
         self.executor.stop()
         self.deliverer.stop()
         with contextlib.suppress(Exception):
@@ -121,7 +139,8 @@ class LogBusServer:
     def write_snapshot(self, *, stopped: bool = False) -> None:
         snapshot = {"pid": os.getpid(), "url": self.url, "started_at": self.started_at,
                     "updated_at": time.time(), "stopped": stopped,
-                    "pipelines": self.executor.status(), "deliveries": dict(self.deliverer.metrics)}
+                    "pipelines": self.executor.status(), "deliveries": dict(self.deliverer.metrics),
+                    "sources": [source.status() for source in self.sources]}
         path = self.data_dir / "state" / SNAPSHOT
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(snapshot, default=str))
@@ -135,12 +154,14 @@ class LogBusServer:
 
 
 def serve(data_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, *, batch_size: int = 10_000,
-          alert_retry_cap_s: float = 300.0) -> int:
+          alert_retry_cap_s: float = 300.0, tails: Sequence[TailSpec] = (), syslog: Sequence[SyslogSpec] = (),
+          tail_start: Start = "end") -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit status."""
     import uvicorn
 
     url = f"http://{host}:{port}"
-    server = LogBusServer(data_dir, batch_size=batch_size, alert_retry_cap_s=alert_retry_cap_s, url=url)
+    server = LogBusServer(data_dir, batch_size=batch_size, alert_retry_cap_s=alert_retry_cap_s, url=url,
+                          tails=tails, syslog=syslog, tail_start=tail_start)
     config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off")
     web = uvicorn.Server(config)
@@ -163,6 +184,22 @@ def serve(data_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, *, ba
               "--port or stop what uses it", file=sys.stderr)
         return 1
     return 0
+
+
+def _sources(log: Any, state: Path, tails: Sequence[TailSpec], syslog: Sequence[SyslogSpec],
+             tail_start: Start) -> list[Any]:
+    """The `--tail` followers and `--syslog-*` listeners, tenant `default` (started by `start`)."""
+    from stream.sources import FileTail, SyslogError, SyslogSource, TailError
+
+    sources: list[Any] = []
+    try:
+        for path, stream, fmt in tails:
+            sources.append(FileTail(log, path, stream, fmt=fmt, start=tail_start, state_dir=state / "tail"))
+        for protocol, host, port, stream in syslog:
+            sources.append(SyslogSource(log, protocol, host, port, stream))
+    except (TailError, SyslogError) as exc:
+        raise ServeError(str(exc)) from None
+    return sources
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:

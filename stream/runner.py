@@ -216,8 +216,8 @@ class PipelineRunner:
         if checkpoint is None:
             # "latest" means the stream's end when the pipeline was deployed. A stream that did not
             # exist then was empty then, so everything in it now arrived after the deploy.
-            first = "earliest" if waited_for_stream else self.spec.start
-            start = self.log.register_consumer(self.tenant, source, self.consumer, start=first)
+            start_at = "earliest" if waited_for_stream else self.spec.start
+            start = self.log.register_consumer(self.tenant, source, self.consumer, start=start_at)
             checkpoint = self.checkpoints.start(self.tenant, self.name, start)
         else:  # hold retention from where a restart would replay
             try:

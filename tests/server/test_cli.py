@@ -19,19 +19,19 @@ def logbus(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProces
 
 
 def test_test_command_reports_json_with_the_documented_keys() -> None:
-    done = logbus("test", "examples/ssh_brute_force.yaml", "--events", str(DATA / "loghub" / "OpenSSH_2k.log"),
-                  "--format", "lines", "--json")
+    sshd = str(DATA / "loghub" / "OpenSSH_2k.log")
+    done = logbus("test", "examples/ssh_brute_force.yaml", "--events", sshd, "--format", "lines", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert {"valid", "diagnostics", "steps", "outputs", "signals", "errors", "dead_letters"} <= set(report)
     assert report["valid"] is True and report["dead_letters"] == 0
     assert len(report["signals"]) == 11
-    assert [s["id"] for s in report["steps"]][0] == "syslog"
+    assert report["steps"][0]["id"] == "syslog"
 
 
 def test_human_report_shows_steps_and_signals() -> None:
-    done = logbus("test", "examples/ssh_brute_force.yaml", "--events", str(DATA / "loghub" / "OpenSSH_2k.log"),
-                  "--format", "lines")
+    sshd = str(DATA / "loghub" / "OpenSSH_2k.log")
+    done = logbus("test", "examples/ssh_brute_force.yaml", "--events", sshd, "--format", "lines")
     assert done.returncode == 0, done.stderr
     assert "signals: 11" in done.stdout
     assert "brute_force" in done.stdout and "rule" in done.stdout
@@ -75,7 +75,8 @@ def test_limit_and_stdin(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["test", "nope.yaml", "--events", "x"], "cannot read pipeline nope.yaml"),
     (["test", "examples/ssh_brute_force.yaml", "--events", "/nonexistent"], "no such event file"),
-    (["test", "examples/ssh_brute_force.yaml", "--events", "-", "--limit", "-1"], "--limit must be 0 or more"),
+    (["test", "examples/ssh_brute_force.yaml", "--events", "-", "--limit", "-1"],
+     "--limit must be 0 or more"),
 ])
 def test_bad_usage_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
     done = logbus(*args)
