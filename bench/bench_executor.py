@@ -10,6 +10,12 @@ NDJSON over HTTP with a token from `logbus token create`, as an operator would.
    --sample-ms: the pipeline's `events_in` and `lag` give the processing rate and the lag over
    time. When it has caught up, a second copy (`bench-backlog`) is deployed over the full stream:
    its rate is the executor's processing rate with no ingest competing for the CPU.
+1b. Paced keep-up (`paced`). The same spec as `bench-paced` on a fresh server, under a steady
+   --keepup-rate (500,000 events/s) for --keepup-seconds (8): --keepup-clients post 10,000-event
+   bodies on a fixed timetable (body k due at k x 10,000 / rate; late bodies are sent at once).
+   Lag is sampled every 200 ms. Verdict "keeps up": the second half's max lag <= 2 s of ingest,
+   its least-squares trend <= +5% of the rate, and lag 0 within 2 s of the last ack. The achieved
+   ingest rate is reported; when the clients fall short of the target the verdict says so.
 2. Ingest-to-alert latency. `bench-alert-latency` is a Python `rule` (threshold 1, one alert per
    marker) with a webhook destination on a local receiver. A pacer posts --rate events/s in
    --tick-ms batches for --seconds; one event in --marker-every carries a unique `marker` and
@@ -22,7 +28,7 @@ NDJSON over HTTP with a token from `logbus token create`, as an operator would.
    pipeline has caught up. The RSS of the server's process tree (the server and its sandbox
    workers, from /proc) is sampled every 200 ms.
 
-    python3 bench/bench_executor.py                              # the full run, ~75 s
+    python3 bench/bench_executor.py                              # the full run, ~95 s
     python3 bench/bench_executor.py --events 200000 --seconds 5 --only keepup,latency   # a quick look
 
 The Markdown report goes to stdout, progress to stderr. Exit status 1 when a check fails (events
@@ -488,6 +494,14 @@ def keepup(args: argparse.Namespace, work: Path) -> list[str]:
     return out
 
 
+def _slope(points: list[tuple[float, int]]) -> float:
+    """Least-squares slope of y over t."""
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var if var else 0.0
+
+
 def _span(samples: list[Sample], name: str, events: int) -> tuple[float, float, int] | None:
     """(t0, t1, e0): the last sample before the pipeline counted any event (or, failing that, the
     first one), the first sample with all `events` counted, and the count at t0.
@@ -524,6 +538,147 @@ def _lag_rows(samples: list[Sample], name: str, since: float, until: float, rows
             rates = f"| {(ingested - previous[1]) / dt:,.0f} | {(done - previous[2]) / dt:,.0f} |"
         out.append(f"| {s.t:.1f} | {ingested:,} | {done:,} | {lag:,} {rates}")
         previous = (s.t, ingested, done)
+    return out
+
+
+# ---------------------------------------------------------------- 1b. paced keep-up
+
+
+def paced(args: argparse.Namespace, work: Path) -> list[str]:
+    """The keep-up pipeline under a steady --keepup-rate for --keepup-seconds, on a fixed timetable.
+
+    Body k is due at start + k * BODY_EVENTS / rate, whichever client is free sends it; a body sent
+    late is sent at once (no skipping, no catching up by dropping), so the timetable, not the
+    server's answers, sets the offered load. The bodies are built before the clock starts, so the
+    clients spend the CPU of posting only."""
+    template = Template()
+    name = "bench-paced"
+    interval = BODY_EVENTS / args.keepup_rate  # seconds between two bodies on the timetable
+    bodies = max(1, round(args.keepup_seconds / interval))
+    events = bodies * BODY_EVENTS
+    print(f"[paced] building {bodies} bodies ({events:,} events)", file=sys.stderr)
+    payloads = [template.body(i) for i in range(bodies)]
+    load = loadavg()
+    with Server(args.batch_size, work) as server:
+        server.apply(KEEPUP_SPEC.format(name=name), name)
+        sampler = Sampler(server, 0.2)
+        next_body = iter(range(bodies))
+        lock = threading.Lock()
+        acked: list[int] = []
+        slips: list[float] = []  # send start - due time, per body
+        errors: list[str] = []
+        clock = [0.0]  # monotonic time of body 0, set just before the clients start
+
+        def client() -> None:
+            with httpx.Client(timeout=60) as http:
+                while True:
+                    with lock:
+                        index = next(next_body, None)
+                    if index is None or errors:
+                        return
+                    due = clock[0] + index * interval
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    slips.append(time.monotonic() - due)
+                    try:
+                        acked.append(post(http, server, "web", payloads[index]))
+                    except Exception as exc:  # reported below; the other clients stop too
+                        errors.append(str(exc))
+                        return
+
+        with sampler.running():
+            time.sleep(0.5)  # a sample or two of the idle pipeline before the first body
+            print(f"[paced] {args.keepup_rate:,.0f} events/s for {bodies * interval:.1f} s with "
+                  f"{args.keepup_clients} clients", file=sys.stderr)
+            threads = [threading.Thread(target=client) for _ in range(args.keepup_clients)]
+            cpu0 = tree_usage(server.pid)[2]
+            clock[0] = time.monotonic() + 0.05  # the threads are started by then
+            ingest_start = clock[0] - sampler.origin
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ingest_end = sampler.now()
+            at_end = server.pipelines().get(name, {})
+            if errors:
+                raise SystemExit(f"ingest failed: {errors[:3]}")
+            caught_up = server.wait_pipeline(name, events, args.timeout)
+            caught_at = sampler.now()
+            cpu1 = tree_usage(server.pid)[2]
+            time.sleep(0.3)  # one more sample after catching up
+        status = json.loads(server.cli("status", "--json"))
+    samples = sampler.samples
+    if sum(acked) != events:
+        CHECKS_FAILED.append(f"paced: {sum(acked):,} events acknowledged of {events:,}")
+    if not caught_up:
+        CHECKS_FAILED.append(f"paced: {name} did not catch up within {args.timeout:.0f} s")
+    row, metric = status["pipelines"][0], samples[-1].pipelines.get(name, {})
+    seen, late, dead = (int(metric.get(k, -1)) for k in ("events_in", "late", "dead_letters"))
+    if late or dead or seen != events or row["position"] != events or row["end_offset"] != events:
+        CHECKS_FAILED.append(f"paced: {name} read {seen:,} events to position {row['position']} "
+                             f"(end offset {row['end_offset']}), {late:,} late, {dead:,} dead letters")
+
+    def lag(s: Sample) -> int:
+        return int(s.pipelines.get(name, {}).get("lag", 0))
+
+    ingest_s = ingest_end - ingest_start
+    achieved = sum(acked) / ingest_s
+    half = ingest_start + ingest_s / 2
+    during = [s for s in samples if ingest_start <= s.t <= ingest_end]
+    first = [lag(s) for s in during if s.t < half] or [0]
+    last = [lag(s) for s in during if s.t >= half] or [0]
+    end_lag = int(at_end.get("lag", 0))
+    max_lag = max(*first, *last, end_lag)
+    last_max = max(*last, end_lag)
+    processed_during = int(at_end.get("events_in", 0))
+    catch_up = caught_at - ingest_end
+    bound = 2 * achieved  # two seconds of ingest at the rate the clients reached
+    # the lag's trend over the second half (least squares): a short run can end before a lag that
+    # grows steadily gets past the bound, so growth is checked on its own
+    trend_points = [(s.t, lag(s)) for s in during if s.t >= half]
+    trend = _slope(trend_points) if len(trend_points) >= 3 else 0.0
+    grows = trend > 0.05 * achieved
+    keeps_up = caught_up and last_max <= bound and catch_up <= 2.0 and not grows
+    reached = achieved >= 0.95 * args.keepup_rate
+    slip_ms = sorted(x * 1000 for x in slips)
+    short = "" if reached else " — the clients did NOT reach the target"
+    slip = f"p50 {_pct(slip_ms, .5):,.0f} ms, p99 {_pct(slip_ms, .99):,.0f} ms, max {slip_ms[-1]:,.0f} ms"
+    out = [f"## 1b. Paced keep-up: filter + 60 s tumbling aggregate under {args.keepup_rate:,.0f} "
+           f"events/s of ingest for {args.keepup_seconds:g} s (load before: {load})", "",
+           f"`{name}` (the keep-up spec, `start: earliest`) on a fresh stream; {args.keepup_clients} "
+           f"clients post {bodies} bodies of {BODY_EVENTS:,} events on a fixed timetable (body k due at "
+           f"k x {interval * 1000:.1f} ms; a late body is sent at once, none skipped), each acknowledged "
+           f"after its fsynced commit. `--batch-size {args.batch_size}`; /metrics lag sampled every 200 ms. "
+           "Verdict \"keeps up\": the max lag over the second half of ingest is at most 2 s of ingest at the "
+           "achieved rate, the lag does not grow over that half (trend at most +5% of the rate), and it "
+           "is 0 within 2 s of the last ack.", "",
+           "| measure | value |", "|---|---|",
+           f"| ingest, target | {args.keepup_rate:,.0f} events/s ({events:,} events in "
+           f"{bodies * interval:.2f} s) |",
+           f"| ingest, achieved (acked events / first due to last ack) | **{achieved:,.0f} events/s** "
+           f"({sum(acked):,} in {ingest_s:.2f} s){short} |",
+           f"| send slip behind the timetable | {slip} |",
+           f"| processing while ingest runs | {processed_during / ingest_s:,.0f} events/s "
+           f"({processed_during:,} events) |",
+           f"| processing, first due to caught up | "
+           f"{events / max(caught_at - ingest_start, 1e-9):,.0f} events/s |",
+           f"| max lag (whole ingest; first half; second half) | {max_lag:,}; {max(first):,}; {last_max:,} "
+           f"(bound {bound:,.0f}) |",
+           f"| lag trend over the second half (least squares) | {trend:+,.0f} events/s "
+           f"({'grows' if grows else 'flat'}: limit +5% of the achieved rate) |",
+           f"| lag at the last ack | {end_lag:,} |",
+           f"| catch-up after the last ack | {catch_up:.2f} s |",
+           f"| server CPU s (ingest + pipeline, until caught up) | {cpu1 - cpu0:.1f} of "
+           f"{(caught_at - ingest_start) * (os.cpu_count() or 1):.1f} available |"]
+    target = (f"at the target {args.keepup_rate:,.0f} events/s" if reached else
+              f"at the achieved {achieved:,.0f} events/s: the clients could not hold the target "
+              f"{args.keepup_rate:,.0f} events/s (< 95%) on this machine")
+    out += ["", f"Verdict {target}: **{'keeps up' if keeps_up else 'does NOT keep up'}**.", "",
+            f"Lag over time ({name}; ingested = committed position + lag):", "",
+            "| t s | ingested | processed | lag | ingest events/s | processing events/s |",
+            "|---|---|---|---|---|---|"]
+    out += _lag_rows(samples, name, ingest_start - 0.3, caught_at, rows=args.lag_rows)
     return out
 
 
@@ -799,13 +954,17 @@ def _burst_table(args: argparse.Namespace, phases: list[Phase], samples: list[Sa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="keepup,latency,burst",
-                        help="comma-separated measures: keepup, latency, burst (burst includes latency)")
+    parser.add_argument("--only", default="keepup,paced,latency,burst",
+                        help="comma-separated measures: keepup, paced, latency, burst "
+                             "(burst includes latency)")
     parser.add_argument("--events", type=int, default=2_000_000, help="keep-up: events to ingest")
     parser.add_argument("--clients", type=int, default=4, help="keep-up: concurrent HTTP clients")
     parser.add_argument("--batch-size", type=int, default=10_000, help="`logbus serve --batch-size`")
     parser.add_argument("--sample-ms", type=int, default=100, help="keep-up: /metrics sampling interval")
     parser.add_argument("--lag-rows", type=int, default=12, help="keep-up: rows in the lag-over-time table")
+    parser.add_argument("--keepup-rate", type=float, default=500_000, help="paced: ingest events/s")
+    parser.add_argument("--keepup-seconds", type=float, default=8, help="paced: seconds of ingest")
+    parser.add_argument("--keepup-clients", type=int, default=6, help="paced: concurrent HTTP clients")
     parser.add_argument("--rate", type=float, default=10_000, help="latency/burst: events/s")
     parser.add_argument("--seconds", type=float, default=20, help="latency: measured seconds at --rate")
     parser.add_argument("--warmup-seconds", type=float, default=3, help="latency: unmeasured seconds first")
@@ -819,11 +978,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120, help="longest wait for a pipeline to catch up")
     args = parser.parse_args()
     only = {m.strip() for m in args.only.split(",") if m.strip()}
-    unknown = only - {"keepup", "latency", "burst"}
+    unknown = only - {"keepup", "paced", "latency", "burst"}
     if unknown or not only:
-        parser.error(f"--only takes keepup, latency and burst; got {sorted(unknown) or 'nothing'}")
+        parser.error(f"--only takes keepup, paced, latency and burst; got {sorted(unknown) or 'nothing'}")
     if args.events < 1 or args.rate <= 0 or args.seconds <= 0 or args.marker_every < 1 or args.tick_ms < 1:
         parser.error("--events, --rate, --seconds, --marker-every and --tick-ms must be positive")
+    if args.keepup_rate <= 0 or args.keepup_seconds <= 0 or args.keepup_clients < 1:
+        parser.error("--keepup-rate, --keepup-seconds and --keepup-clients must be positive")
 
     report = ["# LogBus live executor (`logbus serve`)", "",
               f"command: `python3 {shlex.join(['bench/bench_executor.py', *sys.argv[1:]])}`", "",
@@ -837,6 +998,10 @@ def main() -> None:
             work = Path(tmp, "keepup")
             work.mkdir()
             report += [*keepup(args, work), ""]
+        if "paced" in only:
+            work = Path(tmp, "paced")
+            work.mkdir()
+            report += [*paced(args, work), ""]
         if only & {"latency", "burst"}:
             work = Path(tmp, "latency")
             work.mkdir()
