@@ -18,6 +18,8 @@ examples:
   logbus test examples/ssh_brute_force.yaml --events ../shared/data/loghub/OpenSSH_2k.log --format lines
   logbus test pipeline.yaml --events events.ndjson --limit 1000 --json
   logbus serve --data ./logbus-data
+  logbus serve --stdio                      # MCP for Claude Desktop/Code
+  logbus review approve rev_1a2b3c4d5e6f
   logbus token create --tenant default --role ingest
   logbus ingest auth ../shared/data/loghub/OpenSSH_2k.log --format lines --local
   logbus pipelines apply examples/ssh_brute_force.yaml
@@ -88,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.set_defaults(handler=_cmd_doctor)
 
     _add_operator_commands(sub)
+    from server.review_cli import add_review_commands
+
+    add_review_commands(sub)
     return parser
 
 
@@ -171,7 +176,9 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
 
 def _add_operator_commands(sub: Any) -> None:
     serve = _sub(sub, "serve", "run the server: ingest over HTTP, the executor, alert delivery",
-                 "Run LogBus in one process: POST /ingest/{stream} (bearer tokens), GET /healthz, "
+                 "Run LogBus in one process: the agent tools over MCP at /mcp (streamable HTTP, bearer "
+                 "token of role author; or over stdio with --stdio), "
+                 "POST /ingest/{stream} (bearer tokens), GET /healthz, "
                  "GET /metrics (Prometheus), the executor running every active pipeline, and alert "
                  "delivery. SIGTERM or Ctrl-C stops it cleanly: pipelines stop at a batch boundary. "
                  "State changes made with `logbus pipelines ...` while it runs apply within a second.",
@@ -198,6 +205,15 @@ def _add_operator_commands(sub: Any) -> None:
                             "repeatable")
     serve.add_argument("--syslog-tcp", action="append", default=[], metavar="HOST:PORT=STREAM",
                        help="receive syslog over TCP (octet-counted or newline-framed) into STREAM; "
+                            "repeatable")
+    serve.add_argument("--stdio", action="store_true",
+                       help="speak MCP on stdin/stdout as tenant default's author, for Claude Desktop/Code "
+                            "(`claude mcp add logbus -- logbus serve --stdio`); no HTTP; logs go to stderr")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also accept this Host name (and Origins on it) at /mcp; default: 127.0.0.1, "
+                            "localhost, ::1 and --host; repeatable")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept this browser Origin at /mcp, e.g. https://agents.example.com; "
                             "repeatable")
     serve.set_defaults(handler=_cmd_serve)
 
@@ -372,10 +388,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.alert_retry_cap < 1:
         print("logbus serve: --batch-size and --alert-retry-cap must be at least 1", file=sys.stderr)
         return 2
+    if args.stdio:
+        from server.mcp_stdio import serve_stdio
+
+        return serve_stdio(_data(args), batch_size=args.batch_size, alert_retry_cap_s=args.alert_retry_cap,
+                           tails=tails, syslog=syslog,
+                           tail_start="beginning" if args.tail_from_beginning else "end")
     try:
         return serve(_data(args), args.host, args.port, batch_size=args.batch_size,
                      alert_retry_cap_s=args.alert_retry_cap, tails=tails, syslog=syslog,
-                     tail_start="beginning" if args.tail_from_beginning else "end")
+                     tail_start="beginning" if args.tail_from_beginning else "end",
+                     allow_hosts=args.allow_host, allow_origins=args.allow_origin)
     except ServeError as exc:
         return _fail("serve", str(exc))
 

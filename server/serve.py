@@ -33,6 +33,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from server.mcp_http import McpAccess
     from stream.sources import Start, SyslogSpec, TailSpec
 
 DEFAULT_DATA = "logbus-data"
@@ -55,7 +56,8 @@ class LogBusServer:
 
     def __init__(self, data_dir: str | Path, *, batch_size: int = 10_000, poll_s: float = 1.0,
                  alert_retry_cap_s: float = 300.0, url: str = "", tails: Sequence[TailSpec] = (),
-                 syslog: Sequence[SyslogSpec] = (), tail_start: Start = "end") -> None:
+                 syslog: Sequence[SyslogSpec] = (), tail_start: Start = "end",
+                 mcp_access: McpAccess | None = None) -> None:
         from sandbox import SandboxPool
         from server.app import create_app
         from server.tokens import TokenStore
@@ -97,6 +99,9 @@ class LogBusServer:
             raise
         self.app = create_app(log=self.log, tokens=self.tokens, executor=self.executor,
                               deliverer=self.deliverer, outbox=self.outbox)
+        from server.mcp_http import mount_mcp
+
+        mount_mcp(self.app, self, mcp_access)  # the agent tools; bearer tokens, Host/Origin allowlist
         self.started_at = time.time()
         self._stop = threading.Event()
         self._snapshots = threading.Thread(target=self._snapshot_loop, name="serve-snapshot", daemon=True)
@@ -155,13 +160,17 @@ class LogBusServer:
 
 def serve(data_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, *, batch_size: int = 10_000,
           alert_retry_cap_s: float = 300.0, tails: Sequence[TailSpec] = (), syslog: Sequence[SyslogSpec] = (),
-          tail_start: Start = "end") -> int:
+          tail_start: Start = "end", allow_hosts: Sequence[str] = (),
+          allow_origins: Sequence[str] = ()) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit status."""
     import uvicorn
 
+    from server.mcp_http import McpAccess
+
     url = f"http://{host}:{port}"
     server = LogBusServer(data_dir, batch_size=batch_size, alert_retry_cap_s=alert_retry_cap_s, url=url,
-                          tails=tails, syslog=syslog, tail_start=tail_start)
+                          tails=tails, syslog=syslog, tail_start=tail_start,
+                          mcp_access=McpAccess.for_bind(host, allow_hosts, allow_origins))
     config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False,
                             lifespan="off")
     web = uvicorn.Server(config)
