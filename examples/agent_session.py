@@ -56,7 +56,8 @@ async def session(data: Path) -> None:
             show("describe_stream('auth')", [f"{f['field']}: {f['type']}" for f in schema.get("fields", [])])
             bad = await client.call_tool("test_pipeline", {"pipeline": BUGGY, "stream": "auth"})
             show("test_pipeline(buggy) -> isError=" + str(bad.is_error), bad.content[0].text[:600])
-            good = await client.call_tool("test_pipeline", {"pipeline": FIXED, "stream": "auth", "limit": 2000})
+            good = await client.call_tool("test_pipeline",
+                                          {"pipeline": FIXED, "stream": "auth", "limit": 2000})
             report = good.structured_content or {}
             show("test_pipeline(fixed)", {"run_id": report.get("run_id"), "ok": report.get("ok"),
                                           "signals": len(report.get("signals", []))})
@@ -79,7 +80,8 @@ async def session(data: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp(prefix="logbus-session-"))
