@@ -50,7 +50,11 @@ AUTHOR_ROLES = ("author", "admin")
 SAMPLE_WINDOW = 10_000  # sample_events/describe_stream look at this many recent events
 TEST_DEFAULT, TEST_MAX = 1_000, 10_000
 TAP_WINDOW = 1_000
-PREVIEW = 20  # outputs and signals shown per test/tap
+TAP_WAIT_S = 5.0  # how long a live tap waits for its events
+# What a test result shows by default; `detail=True` shows all the trial kept (stream.trial caps it).
+# Concise keeps the counts whole, so an agent sees how much it is not looking at.
+CONCISE_TEST = {"outputs": 5, "signals": 20, "errors": 10, "dead_letter_samples": 3, "logs": 10}
+CONCISE_PIPELINE_ERRORS = 5
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 TIME_NAMES = ("timestamp", "ts", "time", "@timestamp", "event_time", "datetime", "date")
 OFFSET = "__lb_offset"  # an internal column: sqlcheck refuses __lb_ names in agent SQL
@@ -161,11 +165,12 @@ class Lifecycle:
             streams.append(item)
         return {"streams": streams}
 
-    def describe_stream(self, stream: str) -> dict[str, Any]:
+    def describe_stream(self, stream: str, detail: bool = False) -> dict[str, Any]:
+        """Fields with type and null rate; with `detail`, also examples and top values."""
         self._allow()
         settings = self._settings(stream)
         table, _ = self._recent(stream, 1_000)
-        fields = _profile(table, detail=True)
+        fields = _profile(table, detail=detail)
         names = [f["field"] for f in fields]
         time_field = settings.time_field or next((n for n in TIME_NAMES if n in names), None)
         hint = None
@@ -217,8 +222,12 @@ class Lifecycle:
 
     def test(self, pipeline: str, stream: str | None = None, events: list[dict[str, Any]] | None = None,
              limit: int | None = None, tests: list[dict[str, Any]] | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
-        """Validate, run on a sample in the sandbox, run the inline cases; store the run."""
+             progress: Progress | None = None, detail: bool = False) -> dict[str, Any]:
+        """Validate, run on a sample in the sandbox, run the inline cases; store the run.
+
+        The result shows every count, but by default only the first items of each list
+        (`CONCISE_TEST`), with `omitted` saying how many were left out; `detail` shows them all.
+        """
         self._allow()
         validation = validate_pipeline(pipeline)
         if not validation.valid or validation.spec is None or validation.code_hash is None:
@@ -247,9 +256,14 @@ class Lifecycle:
         summary = _trial_summary(report)
         run_id = self.ctx.runs.add(self.ctx.tenant, spec.name, code_hash, ok, {**summary, "tests": cases})
         result = {"run_id": run_id, "code_hash": code_hash, "ok": ok, **summary, "tests": cases,
-                  "outputs": report.outputs[:PREVIEW], "signals": report.signals[:PREVIEW],
-                  "dead_letter_samples": report.dead_letter_samples[:5], "logs": report.logs[:20],
-                  "seconds": round(report.seconds, 4)}
+                  "outputs": report.outputs, "signals": report.signals,
+                  "dead_letter_samples": report.dead_letter_samples, "logs": report.logs,
+                  "seconds": round(report.seconds, 4), "omitted": {}}
+        if not detail:
+            for key, keep in CONCISE_TEST.items():
+                if len(result[key]) > keep:
+                    result["omitted"][key] = len(result[key]) - keep
+                    result[key] = result[key][:keep]
         if not ok:
             diagnostics = _run_diagnostics(report, cases)
             raise LifecycleError("test_failed", f"run {run_id} failed: " + _count(diagnostics, "problem") +
@@ -309,7 +323,9 @@ class Lifecycle:
                   or (status == "pending_review" and i["pending_review"])]
         return {"pipelines": sorted(chosen, key=lambda i: i["name"])}
 
-    def get_pipeline(self, name: str) -> dict[str, Any]:
+    def get_pipeline(self, name: str, detail: bool = False) -> dict[str, Any]:
+        """Status, version, live metrics, recent errors and review decisions; with `detail`, also
+        the spec text, every version, all live error groups and the audit trail."""
         self._allow()
         reviews = self.ctx.reviews.list(self.ctx.tenant, pipeline=name)
         try:
@@ -317,17 +333,25 @@ class Lifecycle:
         except UnknownPipeline:
             if not reviews:
                 raise self._unknown_pipeline(name) from None
-            return {"name": name, "deployed": False, "status": "pending_review", "version": None,
-                    "spec": reviews[0]["spec_text"], "versions": [], "live": None, "errors": [],
-                    "reviews": [_public_review(r) for r in reviews], "audit": []}
+            pending = {"name": name, "deployed": False, "status": "pending_review", "version": None,
+                       "reason": "", "code_hash": reviews[0]["code_hash"], "live": None, "errors": [],
+                       "reviews": [_public_review(r) for r in reviews]}
+            if detail:
+                pending.update(spec=reviews[0]["spec_text"], versions=[], audit=[])
+            return pending
         live = self.ctx.executor.pipeline_status(self.ctx.tenant, name) if self.ctx.executor else None
-        versions = [{"version": v.version, "code_hash": v.code_hash, "actor": v.actor,
-                     "created_at": v.created_at} for v in self.ctx.registry.versions(self.ctx.tenant, name)]
-        return {"name": name, "deployed": True, "status": deployed.status, "version": deployed.version,
-                "reason": deployed.reason, "code_hash": deployed.code_hash, "spec": deployed.spec_text,
-                "versions": versions, "live": live, "errors": (live or {}).get("errors", [])[:20],
-                "reviews": [_public_review(r) for r in reviews],
-                "audit": self.ctx.registry.audit(self.ctx.tenant, name, limit=20)}
+        errors = (live or {}).get("errors", [])
+        result = {"name": name, "deployed": True, "status": deployed.status, "version": deployed.version,
+                  "reason": deployed.reason, "code_hash": deployed.code_hash, "live": live,
+                  "errors": errors if detail else errors[:CONCISE_PIPELINE_ERRORS],
+                  "reviews": [_public_review(r) for r in reviews]}
+        if detail:
+            result["spec"] = deployed.spec_text
+            result["versions"] = [{"version": v.version, "code_hash": v.code_hash, "actor": v.actor,
+                                   "created_at": v.created_at}
+                                  for v in self.ctx.registry.versions(self.ctx.tenant, name)]
+            result["audit"] = self.ctx.registry.audit(self.ctx.tenant, name, limit=200)
+        return result
 
     def list_signals(self, pipeline: str | None = None, since: str | None = None,
                      severity: str | None = None, limit: int = 50) -> dict[str, Any]:
@@ -379,8 +403,11 @@ class Lifecycle:
         result["more_rows"] = result.pop("truncated")
         return result
 
-    def tap(self, pipeline: str, step: str | None = None, limit: int = 20) -> dict[str, Any]:
-        """Replay the deployed version over the source's newest events and sample after `step`."""
+    def tap(self, pipeline: str, step: str | None = None, limit: int = 20,
+            timeout_s: float = TAP_WAIT_S) -> dict[str, Any]:
+        """Live: the next `limit` events leaving `step` of the running version, waiting up to
+        `timeout_s` (mode "live"). With no executor in this process (stdio attach) or no running
+        version, replay the deployed version over the source's newest events (mode "replay")."""
         self._allow()
         _bounded("limit", limit, 1, 100)
         try:
@@ -393,6 +420,21 @@ class Lifecycle:
         if chosen not in ids:
             raise LifecycleError("unknown_step", f"pipeline {pipeline!r} has no step {chosen!r}; its steps "
                                  f"are {', '.join(ids)}")
+        if self.ctx.executor is not None:
+            from stream.executor import NotRunning
+            started = time.monotonic()
+            try:
+                live = self.ctx.executor.tap(self.ctx.tenant, pipeline, chosen, limit, timeout_s)
+            except NotRunning:
+                pass  # paused, or deployed by another process: replay below
+            else:
+                waited = round(time.monotonic() - started, 2)
+                return {"pipeline": pipeline, "version": deployed.version, "step": chosen, "mode": "live",
+                        "source_events": None, "step_in": None, "step_out": None, "events": live,
+                        "signals": [], "errors": [], "complete": len(live) >= limit, "waited_s": waited,
+                        "note": None if len(live) >= limit else (
+                            f"only {len(live)} of {limit} events left step {chosen!r} within {timeout_s:g}s: "
+                            "the stream is quiet; call tap again, or sample_events to see the source")}
         upto = spec.model_copy(update={"steps": spec.steps[: ids.index(chosen) + 1]})
         events = to_events(self._recent(spec.source, TAP_WINDOW)[0]) if self.ctx.log.has_stream(
             self.ctx.tenant, spec.source) else []

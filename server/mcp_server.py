@@ -3,7 +3,10 @@
 `build_server(context)` returns an `MCPServer` bound to one tenant's `AgentContext` (built by the
 transport from a credential; no tool takes a tenant). Each tool's docstring is its prompt. A
 result carries structured content (its output schema is the tool's return model) and the same
-data as text, capped at `MAX_TEXT` characters with `truncated: true` when cut.
+data as text, capped at `MAX_TEXT` characters with `truncated: true` when cut. Tools whose results
+can be long (describe_stream, test_pipeline, get_pipeline) are concise by default and take
+`detail: true` for the full result; the detail-only fields are optional in their output schemas and
+absent from a concise result.
 
 Errors the agent can fix come back as `isError: true` results whose structured content is
 `{error, message, diagnostics: [{code, message, step, line, hint}], truncated, ...}` (plus what the
@@ -107,8 +110,9 @@ class FieldProfile(BaseModel):
     field: str
     type: str = Field(description="string, integer, number, boolean, timestamp, object, array or json")
     null_rate: float = Field(description="share of sampled events without the field (0..1)")
-    examples: list[Any]
-    top_values: list[TopValue]
+    examples: list[Any] | None = Field(None, description="up to 3 distinct values (only with detail)")
+    top_values: list[TopValue] | None = Field(None, description="the 5 most frequent values of a string, "
+                                              "integer or boolean field (only with detail)")
 
 
 class StreamSchemaOut(Output):
@@ -170,6 +174,8 @@ class TestOut(Output):
     signals: list[Event] = Field(description="the first signals raised")
     logs: list[str]
     seconds: float
+    omitted: dict[str, int] = Field(default_factory=dict, description="how many items each list left out "
+                                    "by the concise default; pass detail=true to see them")
 
 
 class SubmitOut(Output):
@@ -217,12 +223,13 @@ class PipelineOut(Output):
     version: int | None
     reason: str = ""
     code_hash: str | None = None
-    spec: str = Field(description="the current (or pending) spec text")
-    versions: list[Event]
+    spec: str | None = Field(None, description="the current (or pending) spec text (only with detail)")
+    versions: list[Event] | None = Field(None, description="every deployed version (only with detail)")
     live: Event | None = Field(description="live executor status: state, lag, counters, per-step counts")
-    errors: list[Event] = Field(description="recent error groups of the running version")
+    errors: list[Event] = Field(description="recent error groups of the running version (the first 5; "
+                                "all with detail)")
     reviews: list[ReviewInfo]
-    audit: list[Event]
+    audit: list[Event] | None = Field(None, description="the audit trail, newest first (only with detail)")
 
 
 class Signal(BaseModel):
@@ -258,13 +265,18 @@ class TapOut(Output):
     pipeline: str
     version: int
     step: str
-    mode: str = Field(description="replay: the deployed version re-run in the sandbox on recent events")
-    source_events: int
-    step_in: int
-    step_out: int
+    mode: str = Field(description="live: events leaving the step of the running pipeline; replay: the "
+                      "deployed version re-run in the sandbox on recent events (no running pipeline here)")
+    source_events: int | None = Field(description="replay: events re-run; live: null")
+    step_in: int | None = Field(description="replay: events into the step; live: null")
+    step_out: int | None = Field(description="replay: events out of the step; live: null")
     events: list[Event]
-    signals: list[Event]
+    signals: list[Event] = Field(description="replay only (live samples events)")
     errors: list[Event]
+    complete: bool = Field(True, description="live: false when fewer than limit events came before the wait "
+                           "ran out (a quiet stream)")
+    waited_s: float | None = Field(None, description="live: seconds waited")
+    note: str | None = None
 
 
 class Expect(BaseModel):
@@ -289,7 +301,8 @@ M = TypeVar("M", bound=Output)
 def respond(model: type[M], call: Callable[[], dict[str, Any]]) -> CallToolResult:
     """Run a lifecycle call: its result as structured content + text, or an isError result."""
     try:
-        data = model.model_validate(call()).model_dump(mode="json", by_alias=True)
+        # exclude_unset: the detail-only fields a concise result did not fill are left out, not null
+        data = model.model_validate(call()).model_dump(mode="json", by_alias=True, exclude_unset=True)
     except LifecycleError as exc:
         return error_result(exc)
     data.pop("truncated", None)
@@ -329,6 +342,7 @@ def _progress(ctx: Context[Any, Any]) -> Callable[[int, int | None, str], None]:
 # -- the server ---------------------------------------------------------------------------------------
 
 Text = Annotated[str, Field(description="the pipeline spec, YAML or JSON text (see get_guide)")]
+Detail = Annotated[bool, Field(description="return the full result instead of the concise default")]
 
 
 def build_server(context: AgentContext) -> MCPServer:
@@ -353,11 +367,11 @@ def build_server(context: AgentContext) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     def describe_stream(stream: Annotated[str, Field(description="stream name from list_streams")],
-                        ) -> Annotated[CallToolResult, StreamSchemaOut]:
-        """Infer a stream's schema from its recent events: each field's type, null rate, examples
-        and top values, and the event-time field. Use the field names exactly as shown in your
-        pipeline; then sample_events to see whole events."""
-        return respond(StreamSchemaOut, lambda: life.describe_stream(stream))
+                        detail: Detail = False) -> Annotated[CallToolResult, StreamSchemaOut]:
+        """Infer a stream's schema from its recent events: each field's type and null rate, and
+        the event-time field; with detail, also examples and top values per field. Use the field
+        names exactly as shown in your pipeline; then sample_events to see whole events."""
+        return respond(StreamSchemaOut, lambda: life.describe_stream(stream, detail))
 
     @server.tool(annotations=READ_ONLY)
     def sample_events(stream: Annotated[str, Field(description="stream name")],
@@ -384,13 +398,17 @@ def build_server(context: AgentContext) -> MCPServer:
         events: Annotated[list[Event] | None, Field(description="run on these events instead")] = None,
         limit: Annotated[int | None, Field(description="newest events to run on (1-10000; 1000)")] = None,
         tests: Annotated[list[TestCase] | None, Field(description="inline cases, each run alone")] = None,
+        detail: Detail = False,
     ) -> Annotated[CallToolResult, TestOut]:
         """Validate, then run the pipeline in the sandbox on recent events of its source (or the
         events you pass) and on your inline test cases. Returns per-step counts in/out/errors,
-        an output preview, signals, errors grouped by step and line, and a run_id. Fix and re-run
-        until ok is true; then call submit_pipeline with this exact text and the run_id."""
+        the first 5 outputs, 20 signals and 10 error groups (by step and line; detail: all), and
+        a run_id. Fix and re-run until ok is true; then call submit_pipeline with this exact text
+        and the run_id."""
         cases = [t.model_dump() for t in tests or []]
-        call = lambda: life.test(pipeline, stream, events, limit, cases, progress=_progress(ctx))  # noqa: E731
+        progress = _progress(ctx)
+        call = lambda: life.test(pipeline, stream, events, limit, cases, progress=progress,  # noqa: E731
+                                 detail=detail)
         return await anyio.to_thread.run_sync(lambda: respond(TestOut, call))
 
     @server.tool(annotations=WRITES)
@@ -414,11 +432,12 @@ def build_server(context: AgentContext) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     def get_pipeline(name: Annotated[str, Field(description="pipeline name")],
-                     ) -> Annotated[CallToolResult, PipelineOut]:
-        """Show one pipeline: its spec, versions, status, live metrics and recent errors when it
-        runs, and every review decision with comments. Use it after submit_pipeline to follow
-        the review, and to see why a running pipeline fails or paused itself."""
-        return respond(PipelineOut, lambda: life.get_pipeline(name))
+                     detail: Detail = False) -> Annotated[CallToolResult, PipelineOut]:
+        """Show one pipeline: its status, version, live metrics and recent errors when it runs,
+        and every review decision with comments; with detail, also its spec text, all versions
+        and the audit trail. Use it after submit_pipeline to follow the review, and to see why a
+        running pipeline fails or paused itself."""
+        return respond(PipelineOut, lambda: life.get_pipeline(name, detail))
 
     @server.tool(annotations=READ_ONLY)
     def list_signals(
@@ -446,10 +465,12 @@ def build_server(context: AgentContext) -> MCPServer:
             step: Annotated[str | None, Field(description="step id; default: the last step")] = None,
             limit: Annotated[int, Field(description="events to return (1-100)")] = 20,
             ) -> Annotated[CallToolResult, TapOut]:
-        """Sample the events leaving one step of a deployed pipeline. The executor has no live tap
-        hook yet, so this replays the deployed version in the sandbox over the newest 1,000
-        events of its source and samples after the step (mode: replay); the running pipeline and
-        its outputs are not touched. Use it to see what a step really emits."""
+        """Sample the events leaving one step of a deployed pipeline. When it runs (mode: live) this
+        returns the next `limit` events leaving the step, waiting up to 5 s; fewer with
+        complete=false when the stream is quiet. With no running pipeline in this process it
+        replays the deployed version in the sandbox over the newest 1,000 events of its source
+        (mode: replay). Either way the pipeline and its outputs are not touched. Use it to see
+        what a step really emits."""
         return respond(TapOut, lambda: life.tap(pipeline, step, limit))
 
     _add_resources(server, life)
@@ -465,12 +486,12 @@ def _add_resources(server: MCPServer, life: Lifecycle) -> None:
     @server.resource("logbus://streams/{name}/schema", name="stream_schema", mime_type="application/json",
                      description="A stream's inferred schema (the same as describe_stream)")
     def stream_schema(name: str) -> str:
-        return _resource(lambda: life.describe_stream(name))
+        return _resource(lambda: life.describe_stream(name, detail=True))
 
     @server.resource("logbus://pipelines/{name}", name="pipeline", mime_type="application/json",
                      description="A pipeline's spec, versions, status and reviews (the same as get_pipeline)")
     def pipeline(name: str) -> str:
-        return _resource(lambda: life.get_pipeline(name))
+        return _resource(lambda: life.get_pipeline(name, detail=True))
 
     @server.prompt(name="write_detection", description="Write, test and submit a detection pipeline")
     def write_detection(stream: str, goal: str) -> str:

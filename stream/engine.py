@@ -10,6 +10,7 @@ flushes still flows through every step after it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,73 @@ class BatchOutput:
         return sum(t.num_rows for t in self.events)
 
 
+class _Tap:
+    """One waiting reader: wants `limit` events; `done` is set when it has them or taps close."""
+
+    __slots__ = ("done", "events", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.events: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+
+class Taps:
+    """Live taps on the events leaving steps of a running engine (DESIGN §2.3 `tap`).
+
+    The engine looks at `active` once per step per batch, a dict truthiness test without the lock:
+    with no tap open that is all a tap costs. A racy read only shifts the first sampled batch by
+    one. Rows are converted to dicts only for the slice a waiting tap still needs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active: dict[str, list[_Tap]] = {}
+        self.closed = False
+
+    def sample(self, step_id: str, limit: int, timeout_s: float) -> list[dict[str, Any]]:
+        """The next `limit` events leaving `step_id`, or what arrived within `timeout_s`."""
+        tap = _Tap(limit)
+        with self._lock:
+            if self.closed:
+                return []
+            self.active.setdefault(step_id, []).append(tap)
+        try:
+            tap.done.wait(timeout_s)
+        finally:
+            with self._lock:  # no offer() is mid-append while we hold it
+                waiting = self.active.get(step_id, [])
+                if tap in waiting:
+                    waiting.remove(tap)
+                if not waiting:
+                    self.active.pop(step_id, None)
+        return tap.events
+
+    def offer(self, step_id: str, table: pa.Table) -> None:
+        """Called by the engine with a step's output batch; fills the taps waiting on that step."""
+        with self._lock:
+            waiting = self.active.get(step_id)
+            if not waiting or not table.num_rows:
+                return
+            need = max(tap.limit - len(tap.events) for tap in waiting)
+            rows = to_events(table.slice(0, need))
+            for tap in list(waiting):
+                tap.events.extend(rows[: tap.limit - len(tap.events)])
+                if len(tap.events) >= tap.limit:
+                    tap.done.set()
+                    waiting.remove(tap)
+            if not waiting:
+                self.active.pop(step_id, None)
+
+    def close(self) -> None:
+        """Wake every waiting tap (the pipeline stopped): each returns what it has."""
+        with self._lock:
+            self.closed = True
+            for waiting in self.active.values():
+                for tap in waiting:
+                    tap.done.set()
+            self.active.clear()
+
+
 def sandbox_code_runner(pool: SandboxPool, tenant: str) -> CodeRunner:
     """Adapt the sandbox pool to the `CodeRunner` the step kinds call."""
 
@@ -97,6 +165,7 @@ class Engine:
         self.spec = spec
         self._steps: list[tuple[StepSpec, StepRuntime]] = []
         self.stats: list[StepStats] = []
+        self.taps: Taps | None = None  # set by the runner once replay is over: replayed rows are not live
         for step_spec in spec.steps:
             kind = STEPS[step_spec.kind]
             ctx = BuildContext(pipeline=spec.name, version=version, step_id=step_spec.id,
@@ -140,6 +209,9 @@ class Engine:
             self._account(index, current, result, started)
             self._collect(index, result, out)
             current = result.events
+            taps = self.taps
+            if taps is not None and taps.active and current is not None:
+                taps.offer(self._steps[index][0].id, current)
         if current is not None and current.num_rows:
             out.events.append(current)
 

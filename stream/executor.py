@@ -33,7 +33,11 @@ SinkFactory = Callable[[Path, str], Sink]
 FailPoint = Callable[[str, str, int], None]  # (pipeline, stage, first offset); tests simulate crashes
 Labels = dict[str, str]
 
-__all__ = ["Executor", "ExecutorConfig"]
+__all__ = ["Executor", "ExecutorConfig", "NotRunning"]
+
+
+class NotRunning(LookupError):
+    """The pipeline has no running version in this process (paused, retired, not deployed here)."""
 
 
 class Executor:
@@ -141,6 +145,18 @@ class Executor:
     def runner(self, tenant: str, name: str) -> PipelineRunner | None:
         with self._lock:
             return self._runners.get((tenant, name)) or self._last.get((tenant, name))
+
+    def tap(self, tenant: str, name: str, step: str | None = None, limit: int = 20,
+            timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """A live sample: the next `limit` events leaving `step` (default: the last step) of the
+        running version, waiting up to `timeout_s`. Fewer than `limit` means the wait ran out (a
+        quiet stream) or the version stopped meanwhile. Raises `NotRunning` when no version runs
+        here and ValueError for a step the running version does not have."""
+        with self._lock:
+            runner = self._runners.get((tenant, name))
+        if runner is None or not runner.alive:
+            raise NotRunning(f"pipeline {name!r} of tenant {tenant!r} is not running in this executor")
+        return runner.tap(step, limit, timeout_s)
 
     def status(self, tenant: str | None = None) -> list[dict[str, Any]]:
         return [self._status(d) for d in self.registry.pipelines(tenant)]

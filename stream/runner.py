@@ -38,7 +38,7 @@ from primitives.windows import SessionWindow, SlidingWindow, micros
 from sandbox import SandboxPool
 from stream.budget import CODE_FAILURES, BudgetConfig, ErrorBudget
 from stream.checkpoint import CheckpointStore
-from stream.engine import BatchOutput, Engine, sandbox_code_runner
+from stream.engine import BatchOutput, Engine, Taps, sandbox_code_runner
 from stream.log import EmbeddedLog, OffsetOutOfRange, UnknownStream
 
 MAX_ERROR_GROUPS = 50
@@ -146,6 +146,7 @@ class PipelineRunner:
         self.step_stats: list[dict[str, Any]] = []
         self.errors: OrderedDict[tuple[str, str, int | None, str], dict[str, Any]] = OrderedDict()
         self.budget = ErrorBudget(config.budget)
+        self.taps = Taps()
         self._rate: deque[tuple[float, int]] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"pipeline-{tenant}-{spec.name}-v{version}",
@@ -166,6 +167,17 @@ class PipelineRunner:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def tap(self, step: str | None = None, limit: int = 20, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The next `limit` events leaving `step` (default: the last step) of this running version,
+        waiting up to `timeout_s`; fewer when the stream is quiet or the pipeline stops meanwhile."""
+        ids = [s.id for s in self.spec.steps]
+        chosen = step or ids[-1]
+        if chosen not in ids:
+            raise ValueError(f"pipeline {self.name!r} has no step {chosen!r}; its steps are {', '.join(ids)}")
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1; got {limit!r}")
+        return self.taps.sample(chosen, limit, timeout_s)
 
     def rate(self) -> float:
         """Events in per second over the last minute."""
@@ -192,6 +204,7 @@ class PipelineRunner:
                 self._group("executor", "error", None, self.reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+        self.taps.close()  # a stopped version produces nothing more: waiting taps return now
         if self.state not in ("paused", "failed"):
             self.state = "stopped"
 
@@ -225,6 +238,7 @@ class PipelineRunner:
             except OffsetOutOfRange:
                 self.log.register_consumer(self.tenant, source, self.consumer, start="earliest")
         position = self._replay(engine, checkpoint.replay_from, checkpoint.committed)
+        engine.taps = self.taps  # from here on what leaves a step is live (replay rebuilt state only)
         self.position = position
         if checkpoint.pending is not None and checkpoint.pending[0] == position:
             first, end = checkpoint.pending

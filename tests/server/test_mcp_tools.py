@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,11 +185,22 @@ def test_list_and_describe_stream_from_real_lines(world: World) -> None:
     assert [(s["name"], s["events"], s["format"]) for s in streams] == [("auth", 2000, "lines")]
     assert streams[0]["top_fields"] == ["message"]
     schema = ok(call(world.acme, "describe_stream", {"stream": "auth"}))
-    assert schema["fields"][0]["field"] == "message" and schema["fields"][0]["type"] == "string"
-    assert schema["fields"][0]["null_rate"] == 0.0 and len(schema["fields"][0]["examples"]) == 3
+    assert schema["fields"] == [{"field": "message", "type": "string", "null_rate": 0.0}]
     assert "parse" in schema["hint"]
     assert "streams: auth" in error(call(world.acme, "describe_stream", {"stream": "web"}),
                                     "unknown_stream")["message"]
+
+
+def test_describe_stream_adds_examples_and_top_values_only_with_detail(world: World) -> None:
+    concise = ok(call(world.acme, "describe_stream", {"stream": "auth"}))
+    full = ok(call(world.acme, "describe_stream", {"stream": "auth", "detail": True}))
+    assert "examples" not in concise["fields"][0] and "top_values" not in concise["fields"][0]
+    field = full["fields"][0]
+    assert (field["field"], field["type"], field["null_rate"]) == ("message", "string", 0.0)
+    assert len(field["examples"]) == 3 and all(isinstance(e, str) for e in field["examples"])
+    assert 1 <= len(field["top_values"]) <= 5 and field["top_values"][0]["count"] >= 1
+    rest = [{k: v for k, v in r.items() if k != "fields"} for r in (concise, full)]
+    assert rest[0] == rest[1]
 
 
 def test_sample_events_filters_with_checked_sql(world: World) -> None:
@@ -230,6 +243,33 @@ def test_test_pipeline_runs_in_the_sandbox_with_progress(world: World) -> None:
     assert run["signal_count"] == 11 and run["signals"][0]["severity"] == "high"
     assert [s["id"] for s in run["steps"]][-1] == "brute_force" and run["steps"][0]["in"] == 2000
     assert progress and progress[-1][0] == 2000 and progress[-1][1] == 2000
+
+
+def test_test_pipeline_is_concise_unless_detail_is_asked(world: World) -> None:
+    concise = ok(call(world.acme, "test_pipeline", {"pipeline": FAILURES, "limit": 500}))
+    full = ok(call(world.acme, "test_pipeline", {"pipeline": FAILURES, "limit": 500, "detail": True}))
+    assert concise["output_count"] == full["output_count"] > 100  # counts are whole either way
+    assert len(concise["outputs"]) == 5 and len(full["outputs"]) == 100  # the trial keeps 100
+    assert concise["omitted"] == {"outputs": 95} and full["omitted"] == {}
+    untimed = [[{k: v for k, v in step.items() if k != "seconds"} for step in r["steps"]]
+               for r in (concise, full)]
+    assert concise["outputs"] == full["outputs"][:5] and untimed[0] == untimed[1]
+    brute = ok(call(world.acme, "test_pipeline", {"pipeline": BRUTE, "limit": 2000}))
+    assert brute["signal_count"] == 11 and len(brute["signals"]) == 11  # under the concise 20
+
+
+def test_concise_test_failure_keeps_ten_error_groups(world: World) -> None:
+    # errors group by step, reason, type and line: a raise on each of 16 lines makes up to 16 groups
+    raises = "\n".join(f"          if event['n'] == {n}:\n              raise ValueError()"
+                       for n in range(16))
+    crashing = FAILURES.replace('          event["kind"] = "failure"', raises)
+    events = [{"message": "Failed password", "n": n} for n in range(16)]
+    args = {"pipeline": crashing, "events": events}
+    concise = error(call(world.acme, "test_pipeline", args), "test_failed")
+    full = error(call(world.acme, "test_pipeline", {**args, "detail": True}), "test_failed")
+    assert len(full["errors"]) == 16 and len(concise["errors"]) == 10
+    assert concise["omitted"]["errors"] == 6 and "errors" not in full["omitted"]
+    assert len(concise["diagnostics"]) == 16, "the actionable diagnostics are not cut"
 
 
 def test_inline_cases_pass_or_fail_the_run(world: World) -> None:
@@ -308,7 +348,12 @@ def test_get_pipeline_shows_version_live_status_and_decision(world: World, deplo
     assert shown["deployed"] is True and shown["status"] == "active" and shown["version"] == 1
     assert shown["live"]["counters"]["events_in"] == 2000 and shown["live"]["lag"] == 0
     assert shown["reviews"][0]["status"] == "approved" and shown["reviews"][0]["version"] == 1
-    assert [a["action"] for a in shown["audit"]][:3] == ["review_approved", "deploy", "review_requested"]
+    assert not {"spec", "versions", "audit"} & set(shown), "the concise default leaves these out"
+    full = ok(call(world.acme, "get_pipeline", {"name": deployed, "detail": True}))
+    assert full["spec"] == BRUTE and [v["version"] for v in full["versions"]] == [1]
+    assert [a["action"] for a in full["audit"]][:3] == ["review_approved", "deploy", "review_requested"]
+    assert {k: v for k, v in full.items() if k not in ("spec", "versions", "audit", "live")} == \
+        {k: v for k, v in shown.items() if k != "live"}
     assert ok(call(world.acme, "list_pipelines", {"status": "active"}))["pipelines"][0]["name"] == deployed
     error(call(world.acme, "get_pipeline", {"name": "nope"}), "unknown_pipeline")
     error(call(world.acme, "list_pipelines", {"status": "odd"}), "invalid_argument")
@@ -329,8 +374,29 @@ def test_signals_and_query_see_what_the_executor_wrote(world: World, deployed: s
     assert refused["diagnostics"][0]["code"] == "not_read_only"
 
 
-def test_tap_replays_the_deployed_version_up_to_a_step(world: World, deployed: str) -> None:
+def test_tap_samples_the_running_pipeline_live(world: World, deployed: str) -> None:
+    lines = b"".join(SSH_LOG.read_bytes().splitlines(keepends=True)[:300])  # 70 failed passwords
+
+    def ingest_later() -> None:  # new events arrive while the tap waits
+        time.sleep(0.3)
+        ingest_bytes(world.log, "acme", "auth", lines, content_type="text/plain")
+
+    feeder = threading.Thread(target=ingest_later, daemon=True)
+    feeder.start()
     tapped = ok(call(world.acme, "tap", {"pipeline": deployed, "step": "user_and_ip", "limit": 5}))
+    feeder.join()
+    assert tapped["mode"] == "live" and tapped["version"] == 1 and tapped["complete"] is True
+    assert len(tapped["events"]) == 5 and all(e["src_ip"] and e["user"] for e in tapped["events"])
+    assert tapped["source_events"] is None and tapped["note"] is None
+    assert world.executor.wait_caught_up("acme", deployed, timeout=60)
+    quiet = Lifecycle(world.acme).tap(deployed, "failed_only", limit=3, timeout_s=0.2)
+    assert quiet["mode"] == "live" and quiet["events"] == [] and quiet["complete"] is False
+    assert "only 0 of 3 events left step 'failed_only'" in quiet["note"]
+
+
+def test_tap_replays_the_deployed_version_without_an_executor(world: World, deployed: str) -> None:
+    attached = AgentContext("acme", "author", world.data, world.log, world.pool)  # stdio attach mode
+    tapped = ok(call(attached, "tap", {"pipeline": deployed, "step": "user_and_ip", "limit": 5}))
     assert tapped["mode"] == "replay" and tapped["version"] == 1 and tapped["source_events"] == 1000
     assert len(tapped["events"]) == 5 and all(e["src_ip"] for e in tapped["events"])
     assert tapped["signals"] == []  # the rule step after user_and_ip did not run

@@ -23,7 +23,7 @@ from primitives.runtime import DeadLetter
 from sandbox import Limits, SandboxPool
 from stream.alerts.outbox import Outbox
 from stream.budget import BudgetConfig
-from stream.executor import Executor, ExecutorConfig
+from stream.executor import Executor, ExecutorConfig, NotRunning
 from stream.log import EmbeddedLog
 from stream.runner import Sink
 
@@ -496,3 +496,57 @@ alerts:
     finally:
         executor.stop()
         outbox.close()
+
+
+TAPPED = """name: tapped
+source: web
+start: earliest
+steps:
+  - id: errors
+    filter: "status >= 500"
+  - id: tag
+    transform:
+      set: {tag: "'seen'"}
+"""
+
+
+def test_tap_samples_live_events_leaving_a_step_and_says_when_the_stream_is_quiet(
+        data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
+    data_dir, log = data
+    log.append(TENANT, "web", _events(0, 100))
+    executor = _executor(data_dir, log, pool)
+    executor.start()
+    stop = threading.Event()
+
+    def feed() -> None:  # events keep flowing while the taps wait
+        for start in itertools.count(1_000, 20):
+            if stop.wait(0.05):
+                return
+            log.append(TENANT, "web", _events(start, start + 20))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        executor.deploy(TENANT, TAPPED, actor="alice")
+        _wait(executor, "tapped")  # the 100 earlier events are done: a tap sees only what comes next
+        feeder.start()
+        middle = executor.tap(TENANT, "tapped", step="errors", limit=7, timeout_s=10)
+        assert len(middle) == 7
+        assert all(e["status"] == 500 and e["n"] >= 1_000 and "tag" not in e for e in middle)
+        last = executor.tap(TENANT, "tapped", limit=3, timeout_s=10)  # default: the last step
+        assert len(last) == 3 and all(e["tag"] == "seen" and e["status"] == 500 for e in last)
+        with pytest.raises(ValueError, match="no step 'nope'; its steps are errors, tag"):
+            executor.tap(TENANT, "tapped", step="nope")
+        stop.set()
+        feeder.join()
+        _wait(executor, "tapped")
+        started = time.monotonic()
+        quiet = executor.tap(TENANT, "tapped", step="errors", limit=5, timeout_s=0.3)
+        assert quiet == [] and time.monotonic() - started >= 0.3  # fewer than asked: the wait ran out
+        runner = executor.runner(TENANT, "tapped")
+        assert runner is not None and not runner.taps.active  # a finished tap costs nothing afterwards
+        executor.pause(TENANT, "tapped", actor="bob")
+        with pytest.raises(NotRunning, match="'tapped'"):
+            executor.tap(TENANT, "tapped")
+    finally:
+        stop.set()
+        executor.stop()
