@@ -359,8 +359,10 @@ def test_a_failing_or_hanging_pipeline_does_not_slow_a_healthy_one(data: tuple[P
     finally:
         executor.stop()
     # Two shared cores: the hanging code burns one until its worker is killed and the code
-    # quarantined, so allow a wide margin; a stalled healthy pipeline would be far below it.
-    assert beside >= 0.3 * alone, (alone, beside)
+    # quarantined, and the raising one takes its share of the other, so allow a wide margin (a
+    # loaded CI machine measured 0.25-0.4x); a healthy pipeline stalled behind the bad ones would
+    # wait out their per-batch deadlines and fall far below it.
+    assert beside >= 0.2 * alone, (alone, beside)
     sink = _sink(data_dir)
     assert len(sink.rows("beside")) == total and sink.rows("beside")[7]["double"] == 14
     dead_raise = sink.rows("bad-raise", "dead_letters")
