@@ -11,14 +11,16 @@ absent from a concise result.
 Errors the agent can fix come back as `isError: true` results whose structured content is
 `{error, message, diagnostics: [{code, message, step, line, hint}], truncated, ...}` (plus what the
 tool could still report, e.g. a failed test's run_id and counts); the text starts with the
-actionable lines. `error` is one of `ERROR_CODES`. Anything else (a bug) reaches the agent only
-as the SDK's generic error, without its text.
+actionable lines. `error` is one of `ERROR_CODES`. Anything else (a bug, a broken disk) comes back
+as `error: "internal"` with the exception's type and text, never as the SDK's generic error; the
+operator's log gets the traceback.
 
 This module imports no annotations lazily (no `from __future__ import annotations`): the SDK
 reads the tool signatures at registration time.
 """
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -305,6 +307,12 @@ def respond(model: type[M], call: Callable[[], dict[str, Any]]) -> CallToolResul
         data = model.model_validate(call()).model_dump(mode="json", by_alias=True, exclude_unset=True)
     except LifecycleError as exc:
         return error_result(exc)
+    except Exception as exc:
+        # Not the agent's fault, but its text must not vanish: the agent sees what failed, the
+        # operator's log gets the traceback.
+        logging.getLogger("logbus.mcp").exception("tool call failed")
+        return error_result(LifecycleError("internal", f"{type(exc).__name__}: {exc}", payload={
+            "hint": "this is a LogBus or environment problem, not your pipeline; retry, or report it"}))
     data.pop("truncated", None)
     text, truncated = cap(json.dumps(data, ensure_ascii=False, default=str))
     return CallToolResult(content=[TextContent(type="text", text=text)],

@@ -440,3 +440,19 @@ def test_another_tenant_sees_none_of_it(world: World, deployed: str) -> None:
 def test_a_non_author_credential_cannot_use_the_agent_tools(world: World) -> None:
     reviewer = AgentContext("acme", "reviewer", world.data, world.log, world.pool, world.executor)
     assert "author credential" in error(call(reviewer, "list_streams"), "forbidden")["message"]
+
+
+def test_an_unexpected_failure_reaches_the_agent_with_its_text(world: World,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug or a broken disk is not the agent's to fix, but its text must not vanish."""
+    from server.lifecycle import Lifecycle
+
+    def broken(self: Lifecycle) -> dict[str, Any]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Lifecycle, "list_streams", broken)
+    result = call(world.acme, "list_streams")
+    assert result.is_error
+    content = result.structured_content
+    assert content is not None and content["error"] == "internal"
+    assert "OSError" in text(result) and "No space left on device" in text(result)
