@@ -55,6 +55,14 @@ def signal_id(pipeline: str, step: str, dedup: str, first_seen: str) -> str:
     return digest.hexdigest()[:32]
 
 
+def latest_signals(signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signals are upserts by id: each id's latest state, in order of first appearance."""
+    latest: dict[str, dict[str, Any]] = {}
+    for signal in signals:
+        latest[signal["id"]] = signal
+    return list(latest.values())
+
+
 def check_severity(value: Any, *, where: str) -> str:
     """`value` if it is a severity name, else a ValueError that lists the valid names."""
     if isinstance(value, str) and value in SEVERITIES:

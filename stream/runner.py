@@ -30,8 +30,10 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from primitives.batch import concat
 from primitives.eventtime import event_micros
 from primitives.runtime import DeadLetter
+from primitives.signals import latest_signals
 from primitives.spec import PipelineSpec
 from primitives.steps.aggregate import DEFAULT_TIME_FIELD
 from primitives.windows import SessionWindow, SlidingWindow, micros
@@ -297,7 +299,7 @@ class PipelineRunner:
         self._fail("begin", first)
         out = engine.process(table)
         events = _concat(out.events)
-        signals = _latest(out.signals)
+        signals = latest_signals(out.signals)
         # All three are written for every batch, empty or not: an empty write of a range is what
         # clears rows that a crashed earlier attempt at the same offsets left behind.
         self.sink.write_outputs(self.name, self.version, events if events is not None else pa.table({}),
@@ -358,21 +360,7 @@ class PipelineRunner:
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return None
-    if len(tables) == 1:
-        return tables[0]
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        from primitives.batch import from_events, to_events
-        return from_events([row for t in tables for row in to_events(t)])
+    merged = concat([t for t in tables if t.num_rows])
+    return merged if merged.num_rows else None
 
 
-def _latest(signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Signals are upserts by id: one (the latest) state per id, in order of first appearance."""
-    latest: dict[str, dict[str, Any]] = {}
-    for signal in signals:
-        latest[signal["id"]] = signal
-    return list(latest.values())

@@ -19,11 +19,13 @@ import pyarrow as pa
 
 from primitives.batch import from_events, to_events
 from primitives.runtime import CodeError, CodeResult, DeadLetter
+from primitives.signals import latest_signals
 from stream.engine import BatchOutput, Engine, sandbox_code_runner
 from stream.inputs import Format, read_events
 from stream.validation import Validation, validate_pipeline, validate_spec
 
 if TYPE_CHECKING:
+    from primitives.spec import PipelineSpec
     from sandbox import SandboxPool
 
 MAX_OUTPUTS = 100
@@ -92,12 +94,21 @@ def run_trial(
     return _run(validation, source, events, fmt, limit, pool, tenant, base_dir, progress, started)
 
 
-def run_trial_spec(spec: Any, **kwargs: Any) -> TrialReport:
+def run_trial_spec(
+    spec: PipelineSpec,
+    *,
+    source: str | Path | BinaryIO | None = None,
+    events: list[dict[str, Any]] | None = None,
+    fmt: Format = "ndjson",
+    limit: int | None = None,
+    pool: SandboxPool | None = None,
+    tenant: str = "default",
+    base_dir: str = ".",
+    progress: Progress | None = None,
+) -> TrialReport:
+    """`run_trial` for a spec already loaded (and possibly rewritten) by the caller."""
     started = time.perf_counter()
-    return _run(validate_spec(spec), kwargs.pop("source", None), kwargs.pop("events", None),
-                kwargs.pop("fmt", "ndjson"), kwargs.pop("limit", None), kwargs.pop("pool", None),
-                kwargs.pop("tenant", "default"), kwargs.pop("base_dir", "."), kwargs.pop("progress", None),
-                started)
+    return _run(validate_spec(spec), source, events, fmt, limit, pool, tenant, base_dir, progress, started)
 
 
 def _run(validation: Validation, source: Any, events: list[dict[str, Any]] | None, fmt: Format,
@@ -119,7 +130,7 @@ def _run(validation: Validation, source: Any, events: list[dict[str, Any]] | Non
                 progress(report.events_read)
         _fold(report, total, engine.finish())
         report.steps = [s.to_dict() for s in engine.stats]
-        report.signals = _latest_signals(total.signals)
+        report.signals = latest_signals(total.signals)
         report.errors = _group_errors(total.code_errors)
         report.logs = total.logs[:100]
     finally:
@@ -185,13 +196,6 @@ def _count_dead(report: TrialReport, dead: list[DeadLetter]) -> None:
                                                "message": letter.message, "line": letter.line,
                                                "event": letter.event})
 
-
-def _latest_signals(signals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Signals are upserts by id: keep each id's latest state, in order of first appearance."""
-    latest: dict[str, dict[str, Any]] = {}
-    for signal in signals:
-        latest[signal["id"]] = signal
-    return list(latest.values())
 
 
 def _group_errors(errors: list[tuple[str, CodeError]]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from primitives.batch import from_events, to_events
+from primitives.signals import latest_signals
 from primitives.spec import spec_from_data
 from sandbox import SandboxPool
 from stream.engine import Engine, sandbox_code_runner
@@ -39,10 +40,7 @@ def run_case(case: dict[str, Any], pool: SandboxPool) -> tuple[list[Any], list[A
     batches = [events[i : i + size] for i in range(0, len(events), size)] or [[]]
     total = engine.process_all(from_events(batch) for batch in batches)
     outputs = [event for table in total.events for event in to_events(table)]
-    latest: dict[str, dict[str, Any]] = {}
-    for signal in total.signals:
-        latest[signal["id"]] = signal
-    return outputs, list(latest.values()), total.dead_letters
+    return outputs, latest_signals(total.signals), total.dead_letters
 
 
 def test_there_is_a_golden_case_for_every_step_kind() -> None:
