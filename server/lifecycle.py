@@ -294,7 +294,9 @@ class Lifecycle:
                                  "test again and submit the passing run_id")
         review = self.ctx.reviews.create(self.ctx.tenant, validation.spec.name, pipeline,
                                          validation.code_hash, run_id, summary.strip(), author=self.ctx.actor)
+        versions = self.ctx.registry.versions(self.ctx.tenant, review["pipeline"])
         return {"review_id": review["review_id"], "status": review["status"], "pipeline": review["pipeline"],
+                "version": (versions[-1].version if versions else 0) + 1,
                 "code_hash": review["code_hash"], "run_id": run_id,
                 "how_to_decide": f"a reviewer runs `logbus review show {review['review_id']}`, then "
                                  f"`logbus review approve {review['review_id']}` (deploys it) or "

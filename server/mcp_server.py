@@ -184,6 +184,7 @@ class SubmitOut(Output):
     review_id: str
     status: str = Field(description="pending_review until a reviewer decides")
     pipeline: str
+    version: int = Field(description="the version this submission becomes when approved (N+1)")
     code_hash: str
     run_id: str
     how_to_decide: str

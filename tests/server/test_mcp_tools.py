@@ -310,6 +310,7 @@ def test_submit_requires_a_passing_run_of_exactly_this_code_hash(world: World) -
 
     review = ok(call(world.acme, "submit_pipeline", {**args, "run_id": passing}))
     assert review["status"] == "pending_review" and review["review_id"] in review["how_to_decide"]
+    assert review["version"] == 1  # a new pipeline: approval makes it version 1 (N+1)
     assert f"logbus review approve {review['review_id']}" in review["how_to_decide"]
     listed = ok(call(world.acme, "list_pipelines", {"status": "pending_review"}))["pipelines"]
     assert [(p["name"], p["pending_review"]) for p in listed] == [("ssh-failures", review["review_id"])]
