@@ -64,6 +64,7 @@ class LogBusServer:
         from stream.alerts import Deliverer, Outbox
         from stream.executor import Executor, ExecutorConfig
         from stream.log import EmbeddedLog
+        from stream.runner import MAX_BATCH_SIZE
 
         try:
             from stream.sinks import OutputSink
@@ -89,7 +90,8 @@ class LogBusServer:
             self._closers.append(self.deliverer.close)
             self.pool = SandboxPool()
             self._closers.append(self.pool.close)
-            config = ExecutorConfig(batch_size=batch_size, poll_s=poll_s)
+            config = ExecutorConfig(batch_size=batch_size, max_batch_size=max(batch_size, MAX_BATCH_SIZE),
+                                    poll_s=poll_s)
             self.executor = Executor(self.data_dir, self.log, sink_factory=OutputSink, outbox=self.outbox,
                                      pool=self.pool, config=config)
             self._closers.append(self.executor.close)

@@ -45,6 +45,7 @@ from stream.log import EmbeddedLog, OffsetOutOfRange, UnknownStream
 
 MAX_ERROR_GROUPS = 50
 KILLED = ("timeout", "crash", "memory")  # code errors for which the worker was killed
+MAX_BATCH_SIZE = 160_000  # the default ceiling of adaptive batching; ~50 MB of Arrow at ~300 B an event
 
 
 class Sink(Protocol):
@@ -66,7 +67,11 @@ class Outbox(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ExecutorConfig:
-    batch_size: int = 10_000  # events per read: the bound on one pipeline's in-flight work
+    batch_size: int = 10_000  # events per read while the pipeline keeps up (low latency)
+    # Events per read while it is behind: each full read doubles the next one up to this, a short
+    # read drops back to batch_size. A batch has fixed costs (a Parquet file, fsyncs, the
+    # checkpoint, SQL set-up) that a backlog should pay once per many events; this bounds memory.
+    max_batch_size: int = MAX_BATCH_SIZE
     idle_poll_s: float = 0.2  # wait at the end of the stream before reading again
     poll_s: float = 1.0  # how often the executor looks at the registry for changes
     restart_backoff_s: float = 1.0  # first wait after an unexpected failure (doubles, up to 30 s)
@@ -75,11 +80,23 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {self.batch_size!r}")
+        if self.max_batch_size < self.batch_size:
+            raise ValueError(f"max_batch_size ({self.max_batch_size}) must be at least batch_size "
+                             f"({self.batch_size})")
 
 
 def consumer_name(pipeline: str) -> str:
     """The log consumer of a pipeline (all versions share it: a swap continues its position)."""
     return f"pipeline:{pipeline}"
+
+
+def next_read_size(asked: int, got: int, config: ExecutorConfig) -> int:
+    """Adaptive batching: a full read means a backlog, so read twice as much next time (up to
+    max_batch_size); a short one means the pipeline has caught up, so go back to batch_size and
+    its latency."""
+    if got >= asked:
+        return min(asked * 2, config.max_batch_size)
+    return config.batch_size
 
 
 def state_span(spec: PipelineSpec) -> int:
@@ -248,9 +265,11 @@ class PipelineRunner:
             if table.num_rows and next_offset == end:
                 self._batch(engine, first, next_offset, table)
         self.state, self.reason = "running", ""
+        want = self.config.batch_size
         while not self._stop.is_set():
             assert self.position is not None
-            table, next_offset = self._read(self.position, self.config.batch_size)
+            table, next_offset = self._read(self.position, want)
+            want = next_read_size(want, table.num_rows, self.config)
             if not table.num_rows:
                 self._stop.wait(self.config.idle_poll_s)
                 continue
@@ -267,7 +286,7 @@ class PipelineRunner:
         if position < end:
             self.state = "replaying"
         while position < end and not self._stop.is_set():
-            table, next_offset = self._read(position, min(self.config.batch_size, end - position))
+            table, next_offset = self._read(position, min(self.config.max_batch_size, end - position))
             if not table.num_rows:
                 break
             engine.process(table)

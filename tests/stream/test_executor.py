@@ -25,7 +25,7 @@ from stream.alerts.outbox import Outbox
 from stream.budget import BudgetConfig
 from stream.executor import Executor, ExecutorConfig, NotRunning
 from stream.log import EmbeddedLog
-from stream.runner import Sink
+from stream.runner import Sink, next_read_size
 
 TENANT = "acme"
 T0 = 1_700_000_000  # epoch seconds of the first event
@@ -166,6 +166,44 @@ def test_a_latest_pipeline_deployed_before_its_stream_exists_sees_every_event(
     finally:
         executor.stop()
     assert [r["n"] for r in _sink(data_dir).rows("first")] == list(range(0, 40, 4))
+
+
+def test_next_read_size_doubles_while_behind_and_resets_once_caught_up() -> None:
+    config = ExecutorConfig(batch_size=100, max_batch_size=350)
+    assert next_read_size(100, 100, config) == 200
+    assert next_read_size(200, 200, config) == 350  # capped
+    assert next_read_size(350, 350, config) == 350
+    assert next_read_size(350, 349, config) == 100  # a short read: caught up
+    assert next_read_size(200, 0, config) == 100
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ExecutorConfig(batch_size=100, max_batch_size=99)
+
+
+def test_a_backlog_is_read_in_growing_batches_and_a_trickle_in_small_ones(
+        data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
+    """Adaptive batching: behind, each full read doubles the next (up to max_batch_size), so a
+    backlog pays a batch's fixed costs rarely; caught up, reads go back to batch_size."""
+    data_dir, log = data
+    log.append(TENANT, "web", _events(0, 3000))
+    executor = _executor(data_dir, log, pool, batch_size=100, max_batch_size=800)
+    executor.start()
+    try:
+        executor.deploy(TENANT, FILTER.format(name="adaptive", start="earliest", tag=1), actor="a")
+        _wait(executor, "adaptive")
+        for start in range(3000, 3090, 30):  # a trickle: each append is read on its own
+            log.append(TENANT, "web", _events(start, start + 30))
+            _wait(executor, "adaptive")
+    finally:
+        executor.stop()
+    writes = [(first, last) for p, kind, _, first, last in FakeSink.writes[f"{data_dir}/{TENANT}"]
+              if p == "adaptive" and kind == "outputs"]
+    sizes = [last - first + 1 for first, last in writes]
+    assert sizes[:4] == [100, 200, 400, 800], sizes
+    assert max(sizes) == 800 and sum(sizes) == 3090
+    assert sizes[-3:] == [30, 30, 30], sizes  # caught up: back to small reads
+    for (_, last), (first, _) in itertools.pairwise(writes):
+        assert first == last + 1, writes  # no gap, no overlap
+    assert [r["n"] for r in _sink(data_dir).rows("adaptive")] == list(range(0, 3090, 4))
 
 
 def test_hot_swap_continues_at_the_next_offset_without_gap_or_overlap(data: tuple[Path, EmbeddedLog],
@@ -381,7 +419,8 @@ def test_error_budget_pauses_keeps_position_and_resume_continues(data: tuple[Pat
                                                                  pool: SandboxPool) -> None:
     data_dir, log = data
     budget = BudgetConfig(share=0.05, window_s=60, min_events=50)
-    executor = _executor(data_dir, log, pool, batch_size=100, budget=budget)
+    # fixed batches of 100 (no adaptive growth), so that the batch that spends the budget is known
+    executor = _executor(data_dir, log, pool, batch_size=100, max_batch_size=100, budget=budget)
     executor.start()
     spec = """name: fragile
 source: web
@@ -435,7 +474,8 @@ def test_a_slow_sink_slows_only_its_pipeline_and_batches_are_bounded(data: tuple
             super()._put(kind, pipeline, version, value, first, last)
 
     executor = Executor(data_dir, log, sink_factory=lambda p, t: SlowFirst(p, t), outbox=None, pool=pool,
-                        config=ExecutorConfig(batch_size=250, idle_poll_s=0.02, poll_s=0.05))
+                        config=ExecutorConfig(batch_size=250, max_batch_size=1000, idle_poll_s=0.02,
+                                              poll_s=0.05))
     executor.start()
     try:
         executor.deploy(TENANT, FILTER.format(name="slow", start="earliest", tag=1), actor="a")
@@ -448,7 +488,7 @@ def test_a_slow_sink_slows_only_its_pipeline_and_batches_are_bounded(data: tuple
         executor.stop()
     ranges = [(last - first + 1) for p, kind, _, first, last in FakeSink.writes[f"{data_dir}/{TENANT}"]
               if kind == "outputs"]
-    assert ranges and max(ranges) <= 250
+    assert ranges and max(ranges) <= 1000  # max_batch_size bounds a batch, however far behind
 
 
 def test_status_metrics_outbox_and_retire(data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
