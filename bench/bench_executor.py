@@ -927,14 +927,13 @@ def _burst_table(args: argparse.Namespace, phases: list[Phase], samples: list[Sa
             f"(+{mib(peak.rss - base_rss)} MiB), {mib(end_rss)} MiB after catching up: memory "
             f"{'returned to within 25% (+32 MiB) of' if returned else 'did NOT return to'} the baseline. "
             "What bounds the executor: one batch in flight per pipeline "
-            f"(`--batch-size {args.batch_size}` events read, processed, written, then committed), and on the "
-            "ingest side the body limits (16 MiB sent, 64 MiB decoded) times the requests in flight (here "
-            "one per sender thread): a burst becomes "
-            "lag in the durable log, not memory. NOT bounded by these: the rule passes every event on, so "
-            "the output sink writes one Parquet file per batch, and every 64 files in a day's partition it "
-            "auto-compacts inside the batch, re-reading the partition's whole output so far "
-            "(`stream/sinks/table.py` `compact`): the short peaks above are those compactions, and they grow "
-            "with the day's output (see bench/README.md)."]
+            f"(`--batch-size {args.batch_size}` events while it keeps up; behind, adaptive batching doubles "
+            "each read up to `max_batch_size`, 160,000 events; each batch is read, processed, written, then "
+            "committed), and on the ingest side the body limits (16 MiB sent, 64 MiB decoded) times the "
+            "requests in flight (here one per sender thread): a burst becomes lag in the durable log, not "
+            "memory. The short peaks above are the output sink's auto-compactions (every 64 files in a "
+            "day's partition, inside a batch), which merge only files under 16 MiB "
+            "(`stream/sinks/table.py` `compact`), so they do not grow with the day's output."]
     quiet = min(baseline, key=lambda s: abs(s.rss - base_rss))
 
     def parts(sample: Sample) -> str:
