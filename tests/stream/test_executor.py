@@ -1,9 +1,10 @@
 """The executor: deployed pipelines running continuously over the real log, engine and sandbox pool.
 
-Until `stream.sinks.parquet.OutputSink` exists, outputs go to `FakeSink`, an in-memory stand-in with
-the same interface and the same contract (a write replaces what an earlier write of the same
-pipeline, kind and offset range stored); it also records every write, so tests can assert on
-offset ranges.
+Outputs here go to `FakeSink`, an in-memory stand-in with the interface and the contract of
+`stream.sinks.parquet.OutputSink` (a write replaces what an earlier write of the same pipeline, kind
+and offset range stored) that also records every write, so tests can assert on exact offset
+ranges. The real sink is covered in tests/stream/test_sinks.py and, end to end with the executor
+(kill -9 and restart, webhook outages), in tests/server/test_serve.py.
 """
 
 from __future__ import annotations
