@@ -253,13 +253,13 @@ def _read_json(blob: bytes) -> pa.Table | None:
 def _read_options(size: int) -> pa_json.ReadOptions:
     """On one CPU, one block and no threads (measured: threads only add overhead there); with
     more, 2 MiB blocks parse in parallel (larger than any accepted line, so none straddles)."""
-    if _cpus() > 1:
+    if available_cpus() > 1:
         return pa_json.ReadOptions(use_threads=True, block_size=2 * MAX_LINE_BYTES + 64)
     return pa_json.ReadOptions(use_threads=False, block_size=max(size + 1, 1 << 16))
 
 
 @functools.cache
-def _cpus() -> int:
+def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
