@@ -122,6 +122,11 @@ def peer_modules(python: Path) -> frozenset[str]:
 def logbus_command(requested: str | None) -> list[str]:
     if requested:
         return shlex.split(requested)
+    # The console script pip put next to this interpreter (what a virtualenv user runs), not a
+    # PATH lookup that may find a version manager's shell shim (pyenv's costs ~50 ms a start).
+    beside = Path(sys.executable).parent / "logbus"
+    if beside.exists():
+        return [str(beside)]
     return ["logbus"] if shutil.which("logbus") else [sys.executable, "-m", "server.cli"]
 
 
@@ -336,7 +341,6 @@ def in_process_w1(events: Path, count: int, runs: int, ref: Reference) -> InProc
     sys.path.insert(0, str(ROOT))
     try:
         from primitives.spec import load_spec
-
         from stream.engine import Engine
     except Exception as exc:  # any import-time failure means "not ready", which is what we report
         result.note = f"LogBus engine not importable yet ({type(exc).__name__}: {exc})"
@@ -505,7 +509,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default bench/.venv-peers, else /opt/peers)")
     parser.add_argument("--logbus", default=None,
                         help="LogBus command (default `logbus`, else python -m server.cli)")
-    parser.add_argument("--cpus", default="0", help="CPU list for taskset -c, or 'all' for no pinning (0)")
+    parser.add_argument("--cpus", default="all",
+                        help="CPU list for taskset -c (e.g. 0: every runner on one core), or 'all' for the "
+                        "whole machine, as users run them (all)")
     parser.add_argument("--seed", type=int, default=42, help="data generator seed (42)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed (300)")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")

@@ -190,7 +190,8 @@ def _add_operator_commands(sub: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
     serve.add_argument("--batch-size", type=int, default=10_000, metavar="N",
-                       help="events per pipeline batch: bounds each pipeline's memory (default: 10000)")
+                       help="events per pipeline batch while a pipeline keeps up (default: 10000); "
+                       "behind, reads grow up to max(N, 160000) events, which bounds each pipeline's memory")
     serve.add_argument("--alert-retry-cap", type=float, default=300.0, metavar="SECONDS",
                        help="longest wait between alert delivery retries (default: 300)")
     serve.add_argument("--tail", action="append", default=[], metavar="PATH=STREAM[:FORMAT]",

@@ -273,7 +273,12 @@ class PipelineRunner:
             if not table.num_rows:
                 self._stop.wait(self.config.idle_poll_s)
                 continue
+            failures = self.stats.failures
             self._batch(engine, self.position, next_offset, table)
+            if self.stats.failures > failures:
+                # failing code reads small batches: the error budget then pauses it after at most
+                # batch_size more dead letters, not max_batch_size
+                want = self.config.batch_size
             reason = self.budget.spent()
             if reason is not None:
                 self.state, self.reason = "paused", reason

@@ -416,6 +416,36 @@ def test_a_failing_or_hanging_pipeline_does_not_slow_a_healthy_one(data: tuple[P
     assert hang["counters"]["sandbox_kills"] > 0
 
 
+def test_a_pipeline_whose_code_fails_is_not_read_in_growing_batches(data: tuple[Path, EmbeddedLog],
+                                                                     pool: SandboxPool) -> None:
+    """Behind and failing, a pipeline stays at batch_size: the error budget should stop it after
+    one small batch of dead letters, not one of max_batch_size."""
+    data_dir, log = data
+    log.append(TENANT, "web", _events(0, 1000))
+    never_pause = BudgetConfig(share=1.0, window_s=60, min_events=1)
+    executor = _executor(data_dir, log, pool, batch_size=100, max_batch_size=800, budget=never_pause)
+    executor.start()
+    spec = """name: failing
+source: web
+start: earliest
+steps:
+  - transform: |
+      def transform(event):
+          if event["n"] % 10 == 0:
+              return event["missing"]
+          return event
+"""
+    try:
+        executor.deploy(TENANT, spec, actor="alice")
+        _wait(executor, "failing")
+    finally:
+        executor.stop()
+    writes = [last - first + 1 for p, kind, _, first, last in FakeSink.writes[f"{data_dir}/{TENANT}"]
+              if p == "failing" and kind == "dead_letters"]
+    assert writes == [100] * 10
+    assert len(_sink(data_dir).rows("failing", "dead_letters")) == 100
+
+
 def test_error_budget_pauses_keeps_position_and_resume_continues(data: tuple[Path, EmbeddedLog],
                                                                  pool: SandboxPool) -> None:
     data_dir, log = data
