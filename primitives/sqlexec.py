@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from primitives.batch import with_columns
@@ -41,7 +40,10 @@ class SqlBatch:
     """One locked-down DuckDB connection evaluating expressions over Arrow batches."""
 
     def __init__(self) -> None:
+        import duckdb  # on first use: pipelines without SQL never load it (see primitives.sqlcheck)
+
         self._con = duckdb.connect(":memory:", config=LOCKED_CONFIG)
+        self._error = duckdb.Error
         self._lock = threading.Lock()
 
     def filter(self, table: pa.Table, expr: str) -> pa.Table:
@@ -83,7 +85,7 @@ class SqlBatch:
             self._con.register(BATCH, table)
             try:
                 return self._con.sql(sql).to_arrow_table()
-            except duckdb.Error as exc:
+            except self._error as exc:
                 raise SqlError(_clean(str(exc))) from None
             finally:
                 self._con.unregister(BATCH)

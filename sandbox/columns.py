@@ -30,6 +30,18 @@ from sandbox.runtime.codec import ProtocolError
 JSON_TAG = b"logbus.json"  # the field metadata key of JSON-tagged columns (primitives.batch)
 
 
+def scalar_columns(table: pa.Table) -> list[bool]:
+    """Per column: whether every value reaches the worker as an immutable scalar (str, int, float,
+    bool or None): not nested, not JSON-tagged text (which may decode to an object)."""
+    return [_scalar_type(f.type) and not is_json_field(f) for f in table.schema]
+
+
+def _scalar_type(kind: pa.DataType) -> bool:
+    t = pa.types
+    return bool(t.is_string(kind) or t.is_large_string(kind) or t.is_integer(kind) or t.is_floating(kind)
+                or t.is_boolean(kind) or t.is_null(kind))
+
+
 def table_columns(table: pa.Table) -> tuple[list[str], list[list[Any]]]:
     """(names, one Python list per column) of a table, JSON-tagged columns decoded."""
     names = list(table.column_names)
@@ -42,6 +54,9 @@ def table_columns(table: pa.Table) -> tuple[list[str], list[list[Any]]]:
     return names, columns
 
 
+Given = dict[int, tuple[pa.Field, pa.ChunkedArray]]  # column position -> the host's own input column
+
+
 @dataclass(slots=True)
 class Piece:
     """The output rows of one successful round trip, for events [offset, offset + events)."""
@@ -49,27 +64,49 @@ class Piece:
     table: pa.Table
     source_index: list[int]  # absolute: index into the whole input of the call
     names: list[str]
-    columns: list[list[Any]]
+    columns: list[list[Any] | None]  # None: an unchanged input column, only in `table`
 
 
 def build_piece(
-    names: list[str], columns: list[list[Any]], rows: int, source_index: list[int], offset: int
+    names: list[str], columns: list[list[Any]], rows: int, source_index: list[int], offset: int,
+    given: Given | None = None,
 ) -> Piece:
-    table = build_table(names, columns, rows)
+    table = build_table(names, columns, rows, given)
     source = source_index if not offset else [i + offset for i in source_index]
-    return Piece(table, source, names, columns)
+    kept: list[list[Any] | None] = [None if given and i in given else c for i, c in enumerate(columns)]
+    return Piece(table, source, names, kept)
 
 
-def build_table(names: list[str], columns: list[list[Any]], rows: int) -> pa.Table:
-    """A table from worker columns (`rows` long); ProtocolError for values no conversion accepts."""
+def build_table(names: list[str], columns: list[list[Any]], rows: int,
+                given: Given | None = None) -> pa.Table:
+    """A table from worker columns (`rows` long); ProtocolError for values no conversion accepts.
+    Columns in `given` are the host's own input columns, used as they are."""
     if not names:  # every output row was {}: rows without columns
         return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
     fields, arrays = [], []
-    for name, values in zip(names, columns, strict=True):
+    for position, (name, values) in enumerate(zip(names, columns, strict=True)):
+        if given and position in given:
+            field, array = given[position]
+            fields.append(field.with_name(name))
+            arrays.append(array)
+            continue
         field, array = column_array(name, values)
         fields.append(field)
-        arrays.append(array)
+        arrays.append(pa.chunked_array([array], array.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def input_columns(table: pa.Table, names: list[str], positions: list[int]) -> Given:
+    """The columns of `table` (the round trip's input slice) that a worker reported unchanged;
+    ProtocolError for a name the input does not have (only a hostile worker says so)."""
+    given: Given = {}
+    for position in positions:
+        name = names[position]
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            raise ProtocolError(f"column {name!r} is reported unchanged but was not in the input")
+        given[position] = (table.schema.field(index), table.column(index))
+    return given
 
 
 def column_array(name: str, values: list[Any]) -> tuple[pa.Field, pa.Array]:
@@ -118,10 +155,20 @@ def concat_pieces(pieces: list[Piece]) -> tuple[pa.Table, list[int]]:
     columns: list[list[Any]] = [[] for _ in names]
     for piece in pieces:
         rows = piece.table.num_rows
-        own = dict(zip(piece.names, piece.columns, strict=True))
+        own = {name: values if values is not None else _values(piece.table, name)
+               for name, values in zip(piece.names, piece.columns, strict=True)}
         for slot, name in zip(columns, names, strict=True):
             slot += own.get(name) or [None] * rows
     return build_table(names, columns, len(source)), source
+
+
+def _values(table: pa.Table, name: str) -> list[Any]:
+    """A column of a piece as Python values (JSON-tagged text decoded), as the worker saw them."""
+    field = table.schema.field(name)
+    values: list[Any] = table.column(name).to_pylist()
+    if is_json_field(field):
+        values = [None if v is None else json.loads(v) for v in values]
+    return values
 
 
 def _tags_agree(tables: list[pa.Table]) -> bool:

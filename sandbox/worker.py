@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sandbox.columns import Piece, build_piece, table_columns
+from sandbox.columns import Piece, build_piece, input_columns, scalar_columns, table_columns
 from sandbox.isolation import REQUIRED_LAYERS, Launcher, launcher
 from sandbox.limits import Limits
 from sandbox.runtime import codec
@@ -125,7 +125,8 @@ class TableInput:
         return int(self.table.num_rows)
 
     def frame(self, lo: int, hi: int) -> bytes:
-        names, columns = table_columns(self.table.slice(lo, hi - lo))
+        piece = self.table.slice(lo, hi - lo)
+        names, columns = table_columns(piece)
         return codec.encode(
             {
                 "op": "batch",
@@ -133,6 +134,7 @@ class TableInput:
                 "columns": columns,
                 "count": hi - lo,
                 "output": "columns" if self.columns_out else "rows",
+                "scalars": scalar_columns(piece),  # which columns may come back as unchanged
             }
         )
 
@@ -286,10 +288,15 @@ class WorkerProcess:
                 return BatchOutcome("bad_output", message=codec._short(response.get("message"), 500))
             piece = None
             if batch.columns_out:
-                names, columns, source, errors, logs = codec.check_columns(
+                names, columns, source, errors, logs, same = codec.check_columns(
                     response, events, self.limits.max_log_lines
                 )
-                piece = build_piece(names, columns, len(source), source, lo)
+                given = None
+                if same:
+                    if not isinstance(batch, TableInput):
+                        raise codec.ProtocolError("unchanged columns reported for an input of rows")
+                    given = input_columns(batch.table.slice(lo, events), names, same)
+                piece = build_piece(names, columns, len(source), source, lo, given)
                 values: list[Any] = []
             else:
                 values, errors, logs = codec.check_response(response, events, self.limits.max_log_lines)

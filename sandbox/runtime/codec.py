@@ -117,13 +117,17 @@ def check_response(
 
 def check_columns(
     message: dict[str, Any], events: int, max_logs: int
-) -> tuple[list[str], list[list[Any]], list[int], list[dict[str, Any]], list[str]]:
-    """Validate a columnar transform/derive response; (names, columns, source_index, errors, logs).
+) -> tuple[list[str], list[list[Any]], list[int], list[dict[str, Any]], list[str], list[int]]:
+    """Validate a columnar transform/derive response; (names, columns, source_index, errors, logs,
+    same).
 
     Checked here: `rows` is an int; names are unique strs; one list per name, each `rows` long;
     source_index is None (then exactly one row per event, so no event failed) or one int per row,
-    in range, non-decreasing, never naming an event that failed. The values themselves are
-    checked when the host builds Arrow arrays from them (sandbox/columns.py).
+    in range, non-decreasing, never naming an event that failed. `same` (optional) lists distinct
+    column positions the worker says it left unchanged: allowed only with one row per event, and
+    those columns must be empty lists (the host uses its own input column of that name, and
+    refuses a name the input did not have). The values themselves are checked when the host
+    builds Arrow arrays from them (sandbox/columns.py).
     """
     names, columns = message.get("names"), message.get("columns")
     rows, source = message.get("rows"), message.get("source_index")
@@ -133,13 +137,21 @@ def check_columns(
         raise ProtocolError("columnar response: rows is not a count")
     if len(names) != len(columns) or not all(type(n) is str for n in names) or len(set(names)) != len(names):
         raise ProtocolError("columnar response: names must be unique strs, one per column")
-    if not all(type(c) is list and len(c) == rows for c in columns):
-        raise ProtocolError("columnar response: every column must be a list of `rows` values")
+    same = message.get("same", [])
+    if (type(same) is not list or not all(type(i) is int and 0 <= i < len(names) for i in same)
+            or len(set(same)) != len(same)):
+        raise ProtocolError("columnar response: same must list distinct column positions")
+    if same and source is not None:
+        raise ProtocolError("columnar response: unchanged columns need one row per event")
+    unchanged = set(same)
+    if not all(type(c) is list and len(c) == (0 if i in unchanged else rows) for i, c in enumerate(columns)):
+        raise ProtocolError("columnar response: every column must be a list of `rows` values "
+                            "(an empty one if it is listed as unchanged)")
     _, errors, logs = check_response({**message, "values": [None] * events}, events, max_logs)
     if source is None:
         if rows != events or errors:
             raise ProtocolError("columnar response: without source_index there must be one row per event")
-        return names, columns, list(range(events)), errors, logs
+        return names, columns, list(range(events)), errors, logs, same
     if type(source) is not list or len(source) != rows:
         raise ProtocolError("columnar response: source_index must hold one int per output row")
     previous = 0
@@ -149,7 +161,7 @@ def check_columns(
         previous = index
     if errors and not {e["index"] for e in errors}.isdisjoint(source):
         raise ProtocolError("columnar response: an event that failed has an output row")
-    return names, columns, source, errors, logs
+    return names, columns, source, errors, logs, same
 
 
 def _short(value: Any, limit: int) -> str:

@@ -294,3 +294,80 @@ def test_a_failed_event_with_an_output_row_is_refused() -> None:
         codec.check_columns(message, 2, 10)
     message["source_index"] = [1]
     assert codec.check_columns(message, 2, 10)[2] == [1]
+
+
+# --- unchanged columns are not sent back -------------------------------------------------------
+
+REWRITE_ONE = """
+def transform(event):
+    event["method"] = event["method"].lower()
+    event["nested"]["seen"] = True
+    return event
+"""
+
+
+def test_unchanged_scalar_columns_come_back_as_the_hosts_own_and_changed_ones_as_values(
+    pool: SandboxPool,
+) -> None:
+    table = pa.table({
+        "method": ["GET", "POST", "put"],
+        "status": pa.array([200, 500, 404], pa.int32()),  # a type the worker's answer could not name
+        "path": ["/a", "/b", None],
+        "nested": [{"seen": False}, {"seen": False}, {"seen": False}],
+    })
+    result = pool.run_table("acme", "transform", REWRITE_ONE, table)
+    assert result.table is not None and not result.errors
+    assert result.table.column("method").to_pylist() == ["get", "post", "put"]
+    # unchanged: the input column itself (its int32 type proves no round trip through values)
+    assert result.table.schema.field("status").type == pa.int32()
+    assert result.table.column("path").to_pylist() == ["/a", "/b", None]
+    # a struct changed in place is never taken for unchanged, though each row holds the same dict
+    assert result.table.column("nested").to_pylist() == [{"seen": True}] * 3
+
+
+def test_a_failed_or_fanned_out_event_sends_every_column_as_values(pool: SandboxPool) -> None:
+    source = ("def transform(event):\n    if event['n'] == 1:\n        raise ValueError('x')\n"
+              "    return event\n")
+    result = pool.run_table("acme", "transform", source, pa.table({"n": pa.array([0, 1, 2], pa.int16())}))
+    assert [e.index for e in result.errors] == [1]
+    assert result.table is not None and result.table.column("n").to_pylist() == [0, 2]
+    assert result.table.schema.field("n").type == pa.int64()  # rebuilt from values, not reused
+
+
+def test_the_worker_marks_only_identical_scalar_columns() -> None:
+    from sandbox.runtime import worker_main
+
+    kept, changed = ["a", "b"], ["x", "y"]
+    reply = {"names": ["k", "c", "new"], "columns": [list(kept), ["x", "z"], [1, 2]], "source_index": None}
+    worker_main._mark_unchanged(reply, {"k": kept, "c": changed})
+    assert reply["same"] == [0] and reply["columns"] == [[], ["x", "z"], [1, 2]]
+    fanned = {"names": ["k"], "columns": [list(kept)], "source_index": [0, 0]}
+    worker_main._mark_unchanged(fanned, {"k": kept})
+    assert "same" not in fanned and fanned["columns"] == [kept]
+    request = {"names": ["k", "d"], "columns": [kept, [{"n": 1}, {"n": 2}]]}
+    assert list(worker_main._input_columns(request)) == ["k"]  # a dict column may change in place
+    assert list(worker_main._input_columns({**request, "scalars": [False, False]})) == []
+
+
+BAD_SAME = {
+    "listed column not empty": '{"names": ["n"], "columns": [[1] * len(values)], "rows": len(values), '
+    '"source_index": None, "same": [0]}',
+    "a column the input lacks": '{"names": ["ghost"], "columns": [[]], "rows": len(values), '
+    '"source_index": None, "same": [0]}',
+    "with a source_index": '{"names": ["n"], "columns": [[]], "rows": len(values), '
+    '"source_index": list(range(len(values))), "same": [0]}',
+    "position out of range": '{"names": ["n"], "columns": [[]], "rows": len(values), '
+    '"source_index": None, "same": [3]}',
+    "positions repeated": '{"names": ["n"], "columns": [[]], "rows": len(values), '
+    '"source_index": None, "same": [0, 0]}',
+    "not a list": '{"names": ["n"], "columns": [[]], "rows": len(values), '
+    '"source_index": None, "same": "n"}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAME))
+def test_a_false_claim_of_unchanged_columns_fails_as_crash(raw_pool: SandboxPool, case: str) -> None:
+    source = HOSTILE.replace("ANSWER", BAD_SAME[case])
+    result = raw_pool.run_table("hostile", "transform", source, pa.table({"n": [1, 2]}))
+    assert [(e.index, e.reason) for e in result.errors] == [(0, "crash"), (1, "crash")], case
+    assert result.table is not None and result.table.num_rows == 0
