@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -76,12 +76,15 @@ class LogBusCollector(Collector):
     """Reads the live objects at scrape time: nothing is double-booked in a second set of counters."""
 
     def __init__(self, executor: Executor | None, deliverer: Deliverer | None, outbox: Outbox | None,
-                 ingest: IngestCounters) -> None:
+                 ingest: IngestCounters, sources: Sequence[Any] = ()) -> None:
         self.executor, self.deliverer, self.outbox, self.ingest = executor, deliverer, outbox, ingest
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
         if self.executor is not None:
             yield from _executor_metrics(self.executor)
+        if self.sources:
+            yield from _source_metrics(self.sources)
         if self.deliverer is not None:
             counters = CounterMetricFamily("logbus_alert_deliveries", "Alert delivery outcomes since start",
                                            labels=["outcome"])
@@ -104,6 +107,27 @@ class LogBusCollector(Collector):
                 events.add_metric([tenant, stream, outcome], value)
         yield requests
         yield events
+
+
+def _source_metrics(sources: Sequence[Any]) -> Iterable[Metric]:
+    """One counter family per source counter (`logbus_source_events_total`, ..._rotations_total,
+    ..._malformed_total ...), labelled by kind (tail, syslog-udp, syslog-tcp), the file or listen
+    address, tenant and stream: what `logbus serve --tail/--syslog-*` read and what it refused."""
+    families: dict[str, CounterMetricFamily] = {}
+    for source in sources:
+        status = source.status()
+        kind = "tail" if "path" in status else f"syslog-{status.get('protocol', '')}"
+        where = str(status.get("path") or status.get("address") or "")
+        labels = [kind, where, str(status.get("tenant", "")), str(status.get("stream", ""))]
+        for key, value in sorted(getattr(source, "metrics", {}).items()):
+            name = f"logbus_source_{key}"
+            family = families.get(name)
+            if family is None:
+                family = families[name] = CounterMetricFamily(
+                    name, f"{key.replace('_', ' ')} of a log source since start",
+                    labels=["kind", "source", "tenant", "stream"])
+            family.add_metric(labels, value)
+    yield from families.values()
 
 
 def _executor_metrics(executor: Executor) -> Iterable[Metric]:
@@ -181,12 +205,13 @@ def health(executor: Executor | None, log: EmbeddedLog, deliverer: Deliverer | N
 
 
 def create_app(*, log: EmbeddedLog, tokens: TokenStore, executor: Executor | None = None,
-               deliverer: Deliverer | None = None, outbox: Outbox | None = None) -> Starlette:
+               deliverer: Deliverer | None = None, outbox: Outbox | None = None,
+               sources: Sequence[Any] = ()) -> Starlette:
     """The app `logbus serve` runs; every part it reports on is passed in (tests pass fewer)."""
     counters = IngestCounters()
     registry = CollectorRegistry(auto_describe=False)
     outbox = outbox or (deliverer.outbox if deliverer is not None else None)
-    registry.register(LogBusCollector(executor, deliverer, outbox, counters))
+    registry.register(LogBusCollector(executor, deliverer, outbox, counters, sources))
     routes: list[Route] = []
     for route in ingest_routes(log, bearer_authenticator(tokens)):
         routes.append(Route(route.path, _counted(route.endpoint, counters), methods=["POST"]))

@@ -100,7 +100,7 @@ class LogBusServer:
             self._close_all()
             raise
         self.app = create_app(log=self.log, tokens=self.tokens, executor=self.executor,
-                              deliverer=self.deliverer, outbox=self.outbox)
+                              deliverer=self.deliverer, outbox=self.outbox, sources=self.sources)
         from server.mcp_http import mount_mcp
 
         mount_mcp(self.app, self, mcp_access)  # the agent tools; bearer tokens, Host/Origin allowlist
