@@ -63,10 +63,10 @@ def read_events(
         raise ValueError(f"unknown input format {fmt!r}; use one of: {', '.join(FORMATS)}")
     parse_chunk = _ndjson_chunk if fmt == "ndjson" else _lines_chunk
     remaining = limit
-    for first_line, body in _chunks(source):
+    for first_line, body, endings in _chunks(source):
         if remaining is not None and remaining <= 0:
             return
-        for batch in parse_chunk(body, first_line, batch_size):
+        for batch in parse_chunk(body, first_line, batch_size, endings):
             if remaining is not None:
                 if remaining <= 0:
                     return
@@ -87,8 +87,9 @@ def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
     return InputBatch(table, dead)
 
 
-def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """Whole lines, about CHUNK_BYTES at a time, with the 1-based number of each chunk's first line.
+def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes, int]]:
+    """Whole lines, about CHUNK_BYTES at a time, with the 1-based number of each chunk's first line
+    and the chunk's count of line endings.
 
     A chunk never ends inside a line nor between the CR and LF of a CRLF pair. Line numbers carry
     from chunk to chunk by counting line endings (LF, CRLF, bare CR) with bytes.count, so that no
@@ -113,8 +114,9 @@ def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes]]:
             else:
                 body, carry = data, b""
             if body:
-                yield line_no, body
-                line_no += _line_endings(body)
+                endings = _line_endings(body)
+                yield line_no, body, endings
+                line_no += endings
             if not chunk:
                 break
     finally:
@@ -149,7 +151,7 @@ def _slices(table: pa.Table, first_line: int, batch_size: int) -> Iterator[Input
         yield InputBatch(table.slice(start, batch_size), [], first_line + start)
 
 
-def _lines_chunk(body: bytes, first_line: int, batch_size: int) -> Iterator[InputBatch]:
+def _lines_chunk(body: bytes, first_line: int, batch_size: int, endings: int) -> Iterator[InputBatch]:
     """`--format lines` for one chunk: decode once and split on str line endings. A chunk with
     invalid UTF-8, an empty line or a line that may be over the cap goes line by line, so that
     each bad line gets its own dead letter and every batch its true first line."""
@@ -190,8 +192,8 @@ def _message_lines(lines: list[bytes], first_line: int) -> InputBatch:
     return InputBatch(pa.table({"message": pa.array(messages, pa.string())}), dead, first_line)
 
 
-def _ndjson_chunk(body: bytes, first_line: int, batch_size: int) -> Iterator[InputBatch]:
-    table = _fast_chunk(body)
+def _ndjson_chunk(body: bytes, first_line: int, batch_size: int, endings: int) -> Iterator[InputBatch]:
+    table = _fast_chunk(body, endings)
     if table is not None:
         yield from _slices(table, first_line, batch_size)
         return
@@ -199,7 +201,7 @@ def _ndjson_chunk(body: bytes, first_line: int, batch_size: int) -> Iterator[Inp
         yield _parse_lines(lines, line)
 
 
-def _fast_chunk(body: bytes) -> pa.Table | None:
+def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
     """A whole chunk through Arrow's reader without splitting it into lines, or None when only the
     per-line path can read it exactly.
 
@@ -216,7 +218,8 @@ def _fast_chunk(body: bytes) -> pa.Table | None:
     if _has_blank_line(body) or _has_long_line(body):
         return None
     table = _read_json(body)
-    if table is None or table.num_rows != body.count(b"\n") + (not body.endswith(b"\n")):
+    # with no bare CR, `endings` (from _chunks) is the count of LFs: one per line but a last one
+    if table is None or table.num_rows != endings + (not body.endswith(b"\n")):
         return None
     if _has_non_finite(table):
         return None
