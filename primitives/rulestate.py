@@ -122,6 +122,30 @@ class AlertBook:
     def open_keys(self) -> int:
         return len(self._keys)
 
+    # -- checkpointing ---------------------------------------------------------------------------
+    # Replaying the log rebuilds pending matches exactly, but not an alert chain that never pauses:
+    # replay starts the chain at the replay point, in another phase. The live executor therefore
+    # stores this snapshot with each committed batch and puts it back after the replay.
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as JSON-plain data (restore() takes it back)."""
+        return {"watermark": self.watermark, "keys": {
+            key: {"pending": [_match_data(m) for m in state.pending],
+                  "alert": None if state.alert is None else _alert_data(state.alert)}
+            for key, state in self._keys.items()}}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the state with a snapshot() of a book of the same step."""
+        watermark = data["watermark"]
+        keys: dict[str, _KeyState] = {}
+        for key, state in data["keys"].items():
+            alert = state["alert"]
+            keys[str(key)] = _KeyState(
+                pending=[Match(**m) for m in state["pending"]],
+                alert=None if alert is None else _Alert(**alert))
+        self.watermark = None if watermark is None else int(watermark)
+        self._keys = keys
+
     def _try_fire(self, dedup: str, state: _KeyState) -> Signal | None:
         pending, need = state.pending, self.threshold
         for start in range(len(pending) - need + 1):
@@ -172,6 +196,17 @@ class AlertBook:
             context=alert.context,
             samples=list(alert.samples),
         )
+
+
+def _match_data(match: Match) -> dict[str, Any]:
+    return {"time": match.time, "dedup": match.dedup, "title": match.title, "severity": match.severity,
+            "context": match.context, "event": match.event, "end": match.end}
+
+
+def _alert_data(alert: _Alert) -> dict[str, Any]:
+    return {"id": alert.id, "fired_at": alert.fired_at, "first_seen": alert.first_seen,
+            "last_seen": alert.last_seen, "count": alert.count, "title": alert.title,
+            "severity": alert.severity, "context": alert.context, "samples": alert.samples}
 
 
 def feed(

@@ -1,8 +1,10 @@
 """Per-pipeline checkpoints: where it has committed, where a restart must replay from, what is in flight.
 
 A pipeline's position is per pipeline (not per version), so a hot swap continues exactly where
-the old version committed. Window, rule and dedupe state is not serialised: it is rebuilt on start
-by replaying the log from `replay_from` with outputs suppressed. To know how far back that is,
+the old version committed. Window, rule and dedupe state is rebuilt on start by replaying the log
+from `replay_from` with outputs suppressed; what replay cannot rebuild exactly (rule and derive
+alert books: a chain of alerts that never pauses) is also stored, as `state`, with each commit,
+and put back after the replay when the same version resumes. To know how far back that is,
 each committed batch leaves (first_offset, max event time) in a history; with the watermark W
 (the largest event time committed) and the pipeline's state span S (the longest time an open
 window, session, rule alert or dedupe key can still reach back), `replay_from` is the first
@@ -29,7 +31,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     tenant TEXT NOT NULL, pipeline TEXT NOT NULL, committed INTEGER NOT NULL, replay_from INTEGER NOT NULL,
     watermark INTEGER, pending_first INTEGER, pending_next INTEGER, version INTEGER, updated_at REAL NOT NULL,
-    PRIMARY KEY (tenant, pipeline));
+    state TEXT, PRIMARY KEY (tenant, pipeline));
 CREATE TABLE IF NOT EXISTS history (
     tenant TEXT NOT NULL, pipeline TEXT NOT NULL, first_offset INTEGER NOT NULL, max_time INTEGER,
     PRIMARY KEY (tenant, pipeline, first_offset));
@@ -43,6 +45,7 @@ class Checkpoint:
     watermark: int | None  # largest committed event time, microseconds
     pending: tuple[int, int] | None  # [first, next) of the batch in flight, if a run stopped inside it
     version: int | None  # version that made the last commit
+    state: str | None = None  # JSON: what replay cannot rebuild (Engine.snapshot), as of `committed`
 
 
 class CheckpointStore:
@@ -55,6 +58,9 @@ class CheckpointStore:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(checkpoints)")}
+        if "state" not in columns:  # a data directory from before state snapshots
+            self._conn.execute("ALTER TABLE checkpoints ADD COLUMN state TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -64,17 +70,18 @@ class CheckpointStore:
     def load(self, tenant: str, pipeline: str) -> Checkpoint | None:
         with self._lock:
             row = self._conn.execute("SELECT committed, replay_from, watermark, pending_first, pending_next, "
-                                     "version FROM checkpoints WHERE tenant = ? AND pipeline = ?",
+                                     "version, state FROM checkpoints WHERE tenant = ? AND pipeline = ?",
                                      (tenant, pipeline)).fetchone()
         if row is None:
             return None
         pending = (int(row[3]), int(row[4])) if row[3] is not None else None
-        return Checkpoint(int(row[0]), int(row[1]), row[2], pending, row[5])
+        return Checkpoint(int(row[0]), int(row[1]), row[2], pending, row[5], row[6])
 
     def start(self, tenant: str, pipeline: str, offset: int) -> Checkpoint:
         """Create the checkpoint of a new pipeline at `offset` (kept if one exists already)."""
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, NULL, NULL, NULL, NULL, ?)",
+            conn.execute("INSERT OR IGNORE INTO checkpoints (tenant, pipeline, committed, replay_from, "
+                         "updated_at) VALUES (?, ?, ?, ?, ?)",
                          (tenant, pipeline, offset, offset, time.time()))
         checkpoint = self.load(tenant, pipeline)
         assert checkpoint is not None
@@ -88,10 +95,11 @@ class CheckpointStore:
                          (first, next_offset, time.time(), tenant, pipeline))
 
     def commit(self, tenant: str, pipeline: str, version: int, first: int, next_offset: int,
-               max_time: int | None, span: int) -> Checkpoint:
+               max_time: int | None, span: int, state: str | None = None) -> Checkpoint:
         """The batch [first, next_offset) is done: move the position, the watermark and replay_from.
 
-        `span` is the pipeline's state span in microseconds (0: stateless, nothing to replay).
+        `span` is the pipeline's state span in microseconds (0: stateless, nothing to replay);
+        `state` the engine's snapshot after this batch, stored in the same transaction.
         """
         with self._write() as conn:
             row = conn.execute("SELECT watermark FROM checkpoints WHERE tenant = ? AND pipeline = ?",
@@ -114,9 +122,9 @@ class CheckpointStore:
             conn.execute("DELETE FROM history WHERE tenant = ? AND pipeline = ? AND first_offset < ?",
                          (tenant, pipeline, replay_from))
             conn.execute("UPDATE checkpoints SET committed = ?, replay_from = ?, watermark = ?, "
-                         "pending_first = NULL, pending_next = NULL, version = ?, updated_at = ? "
+                         "pending_first = NULL, pending_next = NULL, version = ?, updated_at = ?, state = ? "
                          "WHERE tenant = ? AND pipeline = ?",
-                         (next_offset, replay_from, watermark, version, time.time(), tenant, pipeline))
+                         (next_offset, replay_from, watermark, version, time.time(), state, tenant, pipeline))
         checkpoint = self.load(tenant, pipeline)
         assert checkpoint is not None
         return checkpoint
@@ -126,7 +134,8 @@ class CheckpointStore:
         with self._write() as conn:
             conn.execute("DELETE FROM history WHERE tenant = ? AND pipeline = ?", (tenant, pipeline))
             conn.execute("UPDATE checkpoints SET committed = ?, replay_from = ?, pending_first = NULL, "
-                         "pending_next = NULL, updated_at = ? WHERE tenant = ? AND pipeline = ?",
+                         "pending_next = NULL, state = NULL, updated_at = ? "
+                         "WHERE tenant = ? AND pipeline = ?",
                          (offset, offset, time.time(), tenant, pipeline))
 
     def delete(self, tenant: str, pipeline: str) -> None:

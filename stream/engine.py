@@ -191,6 +191,18 @@ class Engine:
                 self._run_from(index + 1, result.events, out)
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """State that replaying the log cannot rebuild exactly (rule and derive alert books), by
+        step id, JSON-plain; empty for a pipeline without such steps."""
+        return {spec.id: runtime.snapshot() for spec, runtime in self._steps
+                if hasattr(runtime, "snapshot")}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put back a snapshot() of an engine of the same pipeline version."""
+        for spec, runtime in self._steps:
+            if spec.id in state and hasattr(runtime, "restore"):
+                runtime.restore(state[spec.id])
+
     def process_all(self, batches: Iterable[pa.Table]) -> BatchOutput:
         total = BatchOutput()
         for batch in batches:

@@ -12,10 +12,11 @@ range, so its writes replace the earlier ones. A stop (hot swap, pause, shutdown
 at a batch boundary. One batch in flight per pipeline bounds its memory; a slow sink or slow code
 only slows its own thread.
 
-Known limit of rebuilding by replay: window and dedupe state is exact, and so is rule state when
-a key's matches pause for longer than the rule's window + suppress somewhere in the replayed
-span; a chain of alerts on one key that never pauses that long can re-phase after a restart
-(an alert's first_seen shifts). Exactness there needs the alert book itself checkpointed.
+Replay rebuilds window and dedupe state exactly, and rule state whenever a key's matches pause
+for longer than the rule's window + suppress somewhere in the replayed span. A chain of alerts on
+one key that never pauses would restart at the replay point in another phase, so the alert books
+(Engine.snapshot) are stored with every commit and put back after the replay when the same
+version resumes: the signals after a restart are those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -257,6 +259,8 @@ class PipelineRunner:
             except OffsetOutOfRange:
                 self.log.register_consumer(self.tenant, source, self.consumer, start="earliest")
         position = self._replay(engine, checkpoint.replay_from, checkpoint.committed)
+        if checkpoint.state and checkpoint.version == self.version and position == checkpoint.committed:
+            self._restore(engine, checkpoint.state)
         engine.taps = self.taps  # from here on what leaves a step is live (replay rebuilt state only)
         self.position = position
         if checkpoint.pending is not None and checkpoint.pending[0] == position:
@@ -335,11 +339,21 @@ class PipelineRunner:
             self.stats.enqueued += self.outbox.enqueue_many(self.tenant, self.name, self.destinations,
                                                             signals)
         self._fail("outbox", first)
+        state = engine.snapshot()
         checkpoint = self.checkpoints.commit(self.tenant, self.name, self.version, first, next_offset,
-                                             self._max_time(table), self.span)
+                                             self._max_time(table), self.span,
+                                             orjson.dumps(state, default=str).decode() if state else None)
         self.log.commit_position(self.tenant, self.spec.source, self.consumer, checkpoint.replay_from)
         self.position = next_offset
         self._account(table.num_rows, out, events, signals, engine, time.perf_counter() - started)
+
+    def _restore(self, engine: Engine, state: str) -> None:
+        """The alert books as of the committed position, over the approximate ones replay built."""
+        try:
+            engine.restore(orjson.loads(state))
+        except Exception as exc:  # a damaged snapshot: the replayed state is the next best thing
+            self._group("executor", "state", None, f"could not restore the checkpointed alert state "
+                        f"({type(exc).__name__}: {exc}); continuing with the state rebuilt by replay")
 
     def _fail(self, stage: str, first: int) -> None:
         if self.fail_point is not None:

@@ -249,6 +249,13 @@ class DeriveRuntime:
         result.errors = len(dead) - len(late)
         return result
 
+    def snapshot(self) -> dict[str, Any]:
+        """The alert book, for the executor's checkpoint (see AlertBook.snapshot)."""
+        return self.book.snapshot()
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.book.restore(data)
+
     def finish(self) -> StepResult:
         return StepResult()
 

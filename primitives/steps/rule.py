@@ -189,6 +189,13 @@ class RuleRuntime:
         result.errors = len(dead) - len(late)  # late is a property of the stream, not a failure
         return result
 
+    def snapshot(self) -> dict[str, Any]:
+        """The alert book, for the executor's checkpoint (see AlertBook.snapshot)."""
+        return self.book.snapshot()
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.book.restore(data)
+
     def finish(self) -> StepResult:
         return StepResult()
 

@@ -284,51 +284,59 @@ def _bursts(start: int, stop: int) -> pa.Table:
                         for i in range(start, stop)])
 
 
+def _run_with_crash(root: Path, pool: SandboxPool, spec: str, name: str, tables: list[pa.Table],
+                    crash_at: int | None, stage: str = "sink") -> FakeSink:
+    """Run `spec` over `tables`; with `crash_at`, its thread dies at `stage` of the first batch at or
+    after that offset (as in kill -9: nothing after that point runs) and a new executor over the same
+    data directory takes over. Returns what the sink holds at the end."""
+    with EmbeddedLog(root / "log") as log:
+        log.create_stream(TENANT, "web", time_field="ts")
+        for table in tables:
+            log.append(TENANT, "web", table)
+        total = log.end_offset(TENANT, "web")
+        crashed = threading.Event()
+
+        def fail(pipeline: str, where: str, first: int) -> None:
+            if crash_at is not None and not crashed.is_set() and where == stage and first >= crash_at:
+                crashed.set()
+                raise SystemExit  # the thread dies here, as in kill -9: nothing after this point runs
+
+        executor = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
+                            pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02),
+                            fail_point=fail)
+        executor.deploy(TENANT, spec, actor="alice")
+        if crash_at is None:
+            _wait(executor, name)
+            executor.stop()
+            return _sink(root)
+        deadline = time.monotonic() + 30
+        while not crashed.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert crashed.is_set()
+        runner = executor.runner(TENANT, name)
+        assert runner is not None and runner.join(10)
+        position = executor.pipeline_status(TENANT, name)["position"]
+        assert 0 < position < total
+        # Dropped without finishing: a new executor over the same data directory takes over.
+        executor.fail_point = None
+        again = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
+                         pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02))
+        again.start()
+        status = _wait(again, name)
+        again.stop()
+        assert status["counters"]["replayed_events"] > 0  # state was rebuilt by replay
+        assert status["replay_from"] < status["position"]
+        return _sink(root)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("stage", ["begin", "sink", "outbox"])
 def test_state_survives_a_crash_outputs_and_signals_equal_an_uninterrupted_run(
         tmp_path: Path, pool: SandboxPool, stage: str) -> None:
-    def run(root: Path, crash_at: int | None) -> FakeSink:
-        with EmbeddedLog(root / "log") as log:
-            log.create_stream(TENANT, "web", time_field="ts")
-            for start in range(0, 600, 40):
-                log.append(TENANT, "web", _bursts(start, start + 40))
-            crashed = threading.Event()
-
-            def fail(pipeline: str, where: str, first: int) -> None:
-                if crash_at is not None and not crashed.is_set() and where == stage and first >= crash_at:
-                    crashed.set()
-                    raise SystemExit  # the thread dies here, as in kill -9: nothing after this point runs
-
-            executor = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
-                                pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02),
-                                fail_point=fail)
-            executor.deploy(TENANT, AGG_RULE.format(), actor="alice")
-            if crash_at is None:
-                _wait(executor, "stateful")
-                executor.stop()
-                return _sink(root)
-            deadline = time.monotonic() + 30
-            while not crashed.is_set() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert crashed.is_set()
-            runner = executor.runner(TENANT, "stateful")
-            assert runner is not None and runner.join(10)
-            position = executor.pipeline_status(TENANT, "stateful")["position"]
-            assert 0 < position < 600
-            # Dropped without finishing: a new executor over the same data directory takes over.
-            executor.fail_point = None
-            again = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
-                             pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02))
-            again.start()
-            status = _wait(again, "stateful")
-            again.stop()
-            assert status["counters"]["replayed_events"] > 0  # state was rebuilt by replay
-            assert status["replay_from"] < status["position"]
-            return _sink(root)
-
-    clean = run(tmp_path / "clean", None)
-    crashed = run(tmp_path / "crashed", 420)  # inside the third burst, an alert open per host
+    tables = [_bursts(start, start + 40) for start in range(0, 600, 40)]
+    clean = _run_with_crash(tmp_path / "clean", pool, AGG_RULE.format(), "stateful", tables, None)
+    # inside the third burst, an alert open per host
+    crashed = _run_with_crash(tmp_path / "crashed", pool, AGG_RULE.format(), "stateful", tables, 420, stage)
     assert clean.rows("stateful") == crashed.rows("stateful")
     assert len(clean.rows("stateful")) == 177  # 59 closed 10 s windows x 3 hosts: no row doubled or lost
     assert clean.signals("stateful") == crashed.signals("stateful")
@@ -337,6 +345,39 @@ def test_state_survives_a_crash_outputs_and_signals_equal_an_uninterrupted_run(
     # Every signal state was written once per offset range: replays replaced, never added.
     kinds = [(k[1], k[2], k[3]) for k in crashed.store if k[0] == "stateful"]
     assert len(kinds) == len(set(kinds))
+
+
+CHAIN = """name: chain
+source: web
+start: earliest
+time: ts
+steps:
+  - rule:
+      code: |
+        def rule(event):
+            return event["status"] >= 500
+        def dedup(event):
+            return event["host"]
+      threshold: 3
+      window: 10s
+      suppress: 23s
+"""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("crash_at", [30, 100, 300])  # the batches at 60, 180, 420
+def test_a_chain_of_alerts_that_never_pauses_survives_a_crash_exactly(
+        tmp_path: Path, pool: SandboxPool, crash_at: int) -> None:
+    """Matches every 2 s on one host, for 20 minutes: each alert expires and the next fires at once
+    (a chain with a 28 s period), so the key is never quiet. Replay alone would restart the chain at
+    the replay point, in another phase (other first_seen, other ids); the checkpointed alert book
+    keeps it exact."""
+    tables = [from_events([{"n": i, "ts": T0 + 2 * i, "host": "h0", "status": 500}
+                           for i in range(start, start + 50)]) for start in range(0, 600, 50)]
+    clean = _run_with_crash(tmp_path / "clean", pool, CHAIN, "chain", tables, None)
+    crashed = _run_with_crash(tmp_path / "crashed", pool, CHAIN, "chain", tables, crash_at)
+    assert len(clean.signals("chain")) > 30
+    assert crashed.signals("chain") == clean.signals("chain")
 
 
 BAD_RAISE = """name: bad-raise
@@ -623,3 +664,28 @@ def test_tap_samples_live_events_leaving_a_step_and_says_when_the_stream_is_quie
     finally:
         stop.set()
         executor.stop()
+
+
+def test_a_checkpoint_file_from_before_state_snapshots_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from stream.checkpoint import DB_FILE, CheckpointStore
+
+    (tmp_path / "state").mkdir()
+    old = sqlite3.connect(tmp_path / "state" / DB_FILE)
+    old.executescript("""
+        CREATE TABLE checkpoints (tenant TEXT NOT NULL, pipeline TEXT NOT NULL, committed INTEGER NOT NULL,
+            replay_from INTEGER NOT NULL, watermark INTEGER, pending_first INTEGER, pending_next INTEGER,
+            version INTEGER, updated_at REAL NOT NULL, PRIMARY KEY (tenant, pipeline));
+        INSERT INTO checkpoints VALUES ('acme', 'old', 40, 10, NULL, NULL, NULL, 2, 0);
+    """)
+    old.commit()
+    old.close()
+    store = CheckpointStore(tmp_path)
+    try:
+        before = store.load("acme", "old")
+        assert before is not None and (before.committed, before.replay_from, before.state) == (40, 10, None)
+        after = store.commit("acme", "old", 2, 40, 50, None, 0, state='{"rule": {}}')
+        assert (after.committed, after.state) == (50, '{"rule": {}}')
+    finally:
+        store.close()
