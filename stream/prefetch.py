@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ class _Failed:
         self.error = error
 
 
-def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 1) -> Generator[T, None, None]:
     """Yield what `items` yields, in order, with up to `depth` items produced ahead."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1; got {depth!r}")
