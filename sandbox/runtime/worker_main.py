@@ -256,19 +256,14 @@ def _columnar(values: list[Any]) -> dict[str, Any]:
     return {"names": names, "columns": columns, "rows": len(rows), "source_index": source}
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
 def _input_columns(request: dict[str, Any]) -> dict[str, list[Any]]:
     """The request's columns that may come back unchanged, by name: those the host says hold only
-    scalars (`scalars`, from their Arrow types), or failing that those that do."""
-    names, columns = request.get("names"), request.get("columns")
-    if not isinstance(names, list) or not isinstance(columns, list):
+    immutable scalars (`scalars`, from their Arrow types; see sandbox.columns.scalar_columns)."""
+    names, columns, scalars = request.get("names"), request.get("columns"), request.get("scalars")
+    if not (isinstance(names, list) and isinstance(columns, list) and isinstance(scalars, list)
+            and len(scalars) == len(names) == len(columns)):
         return {}
-    scalars = request.get("scalars")
-    if isinstance(scalars, list) and len(scalars) == len(names):
-        return {n: c for n, c, scalar in zip(names, columns, scalars, strict=True) if scalar is True}
-    return {n: c for n, c in zip(names, columns, strict=True) if _SCALARS.issuperset(map(type, c))}
+    return {n: c for n, c, scalar in zip(names, columns, scalars, strict=True) if scalar is True}
 
 
 def _mark_unchanged(reply: dict[str, Any], inputs: dict[str, list[Any]]) -> None:

@@ -344,9 +344,9 @@ def test_the_worker_marks_only_identical_scalar_columns() -> None:
     fanned = {"names": ["k"], "columns": [list(kept)], "source_index": [0, 0]}
     worker_main._mark_unchanged(fanned, {"k": kept})
     assert "same" not in fanned and fanned["columns"] == [kept]
-    request = {"names": ["k", "d"], "columns": [kept, [{"n": 1}, {"n": 2}]]}
+    request = {"names": ["k", "d"], "columns": [kept, [{"n": 1}, {"n": 2}]], "scalars": [True, False]}
     assert list(worker_main._input_columns(request)) == ["k"]  # a dict column may change in place
-    assert list(worker_main._input_columns({**request, "scalars": [False, False]})) == []
+    assert worker_main._input_columns({**request, "scalars": None}) == {}  # the host did not say
 
 
 BAD_SAME = {
