@@ -246,9 +246,10 @@ class ParquetTable:
         never read again: each compaction's memory and time stay bounded however long the
         partition grows (merging everything each time made both grow with the day's output).
 
-        The merge runs without the lock (a writer is not held up); the commit takes the lock and
-        applies only groups whose files are all still live, so a range superseded meanwhile is
-        never resurrected. Files merge only when every shared column has the same type (or null):
+        The merge runs without the lock (a writer is not held up), streaming one input file at a
+        time into a tmp file; the commit takes the lock, renames into place only groups whose files
+        are all still live (a range superseded meanwhile is never resurrected) and drops the rest.
+        Files merge only when every shared column has the same type (or null):
         the view then reads the same values as from the separate files, so results do not change.
         """
         if min_files < 2:
@@ -258,16 +259,44 @@ class ParquetTable:
         for entry in manifest.files:
             if self._size(entry) < small_bytes:
                 by_partition.setdefault(entry.partition, []).append(entry)
-        plans: list[tuple[list[FileEntry], pa.Table]] = []
-        for entries in by_partition.values():
-            if len(entries) < min_files:
-                continue
-            for group in _compatible_groups(sorted(entries, key=lambda e: e.ranges[0][0])):
-                if len(group) > 1:
-                    tables = [pq.read_table(self.root / e.path) for e in group]
-                    plans.append((group, pa.concat_tables(tables, promote_options="default")))
-        if not plans:
-            return 0
+        plans: list[tuple[list[FileEntry], Path, pa.Schema]] = []  # group, merged tmp file, its schema
+        try:
+            for entries in by_partition.values():
+                if len(entries) < min_files:
+                    continue
+                for group in _compatible_groups(sorted(entries, key=lambda e: e.ranges[0][0])):
+                    if len(group) > 1:
+                        tmp, schema = self._merge(group)
+                        plans.append((group, tmp, schema))
+            if not plans:
+                return 0
+            return self._commit_merged(plans)
+        finally:
+            for _, tmp, _ in plans:  # merged files not committed (a group superseded meanwhile)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    def _merge(self, group: list[FileEntry]) -> tuple[Path, pa.Schema]:
+        """Write the rows of `group`, in order, into one tmp file of the partition, one input file at
+        a time: memory stays at about the largest input file, not the sum of them."""
+        paths = [self.root / e.path for e in group]
+        schema = _merged_schema([pq.read_schema(path) for path in paths])
+        tmp = self.root / group[0].partition / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+        try:
+            with open(tmp, "wb") as handle:
+                with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+                    for path in paths:
+                        writer.write_table(_conform(pq.read_table(path), schema))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return tmp, schema
+
+    def _commit_merged(self, plans: list[tuple[list[FileEntry], Path, pa.Schema]]) -> int:
+        """Under the lock: put each merged file in place of its group, if the group is all still live."""
         merged_away = 0
         with self.locked():
             current = self.load()
@@ -275,15 +304,16 @@ class ParquetTable:
             generation = current.generation + 1
             files = list(current.files)
             dropped: list[str] = []
-            for index, (group, table) in enumerate(plans):
+            for index, (group, tmp, schema) in enumerate(plans):
                 if not all(e.path in live for e in group):
                     continue  # a writer superseded part of it meanwhile: skip, next compaction retries
                 ranges = [r for e in group for r in e.ranges]
                 rel = f"{group[0].partition}/{ranges[0][0]}-{ranges[-1][1]}.{generation}c{index}.parquet"
-                write_parquet_atomic(table, self.root / rel)
+                os.replace(tmp, self.root / rel)
+                fsync_dir((self.root / rel).parent)
                 paths = {e.path for e in group}
                 files = [e for e in files if e.path not in paths]
-                files.append(FileEntry(rel, ranges, max(e.version for e in group), _columns(table.schema)))
+                files.append(FileEntry(rel, ranges, max(e.version for e in group), _columns(schema)))
                 dropped.extend(paths)
                 merged_away += len(group) - 1
             if dropped:
@@ -318,6 +348,32 @@ class ParquetTable:
 
 def _columns(schema: pa.Schema) -> dict[str, Any]:
     return {f.name: type_tree(f.type) for f in schema}
+
+
+def _merged_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """The columns of all `schemas` in first-seen order; a column that is null-typed in one file
+    takes its type (and field metadata) from the first file where it is not (_compatible_groups
+    guarantees no other conflict)."""
+    fields: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for f in schema:
+            known = fields.get(f.name)
+            if known is None or (pa.types.is_null(known.type) and not pa.types.is_null(f.type)):
+                fields[f.name] = f
+    return pa.schema(list(fields.values()))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns: missing ones all null, null-typed ones cast."""
+    columns = []
+    for f in schema:
+        index = table.schema.get_field_index(f.name)
+        if index < 0:
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
+        column = table.column(index)
+        columns.append(column if column.type == f.type else column.cast(f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _compatible_groups(entries: list[FileEntry]) -> list[list[FileEntry]]:

@@ -320,3 +320,37 @@ def test_compaction_never_rereads_files_that_are_already_big(tmp_path: Path) -> 
     size_of_merged = (table.root / big[0].path).stat().st_size
     assert table.compact(min_files=2, small_bytes=size_of_merged) == 2  # only the 3 new files merge
     assert big[0].path in {e.path for _, e in table.live_files()}  # the big file was left alone
+
+
+COMPACT_MEMORY = """
+import sys
+import pyarrow as pa
+from stream.sinks.parquet import OutputSink
+
+sink = OutputSink(sys.argv[1], "t", compact_after=None)
+rows = 40_000
+for batch in range(16):  # 16 files of ~1.3 MB each in Arrow: ~21 MB together
+    first = batch * rows
+    texts = [f"{first + i:012d}-some-log-text-that-is-not-short" for i in range(rows)]
+    sink.write_outputs("p", 1, pa.table({"n": range(first, first + rows), "text": texts}),
+                       first, first + rows - 1, time_field="none")
+pool = pa.default_memory_pool()
+before = pool.max_memory()
+table = sink.table("outputs", "p")
+assert table.compact(min_files=2) == 15
+print(before, pool.max_memory(), sum(e.rows for _, e in table.live_files()))
+"""
+
+
+def test_compaction_streams_one_file_at_a_time(tmp_path: Path) -> None:
+    """A compaction's peak memory is about one input file, not all of them at once (it used to
+    concatenate every small file of a partition in memory: the sawtooth in the burst benchmark)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", COMPACT_MEMORY, str(tmp_path)], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    before, after, rows = (int(x) for x in out)
+    assert rows == 16 * 40_000
+    one_file = 40_000 * (8 + 4 + 46)  # n, text offsets, text bytes
+    assert after - before < 4 * one_file, (before, after)  # all 16 together would be 16x
