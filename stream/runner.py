@@ -344,8 +344,9 @@ class PipelineRunner:
                                              self._max_time(table), self.span,
                                              orjson.dumps(state, default=str).decode() if state else None)
         self.log.commit_position(self.tenant, self.spec.source, self.consumer, checkpoint.replay_from)
-        self.position = next_offset
         self._account(table.num_rows, out, events, signals, engine, time.perf_counter() - started)
+        # last: whoever sees the new position (wait_caught_up, status) also sees its counters
+        self.position = next_offset
 
     def _restore(self, engine: Engine, state: str) -> None:
         """The alert books as of the committed position, over the approximate ones replay built."""
