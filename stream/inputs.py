@@ -151,8 +151,9 @@ def _slices(table: pa.Table, first_line: int, batch_size: int) -> Iterator[Input
         yield InputBatch(table.slice(start, batch_size), [], first_line + start)
 
 
-def _lines_chunk(body: bytes, first_line: int, batch_size: int, endings: int) -> Iterator[InputBatch]:
-    """`--format lines` for one chunk: decode once and split on str line endings. A chunk with
+def _lines_chunk(body: bytes, first_line: int, batch_size: int, _endings: int) -> Iterator[InputBatch]:
+    """`--format lines` for one chunk: decode once and split on str line endings (the count of
+    line endings that NDJSON uses is not needed here). A chunk with
     invalid UTF-8, an empty line or a line that may be over the cap goes line by line, so that
     each bad line gets its own dead letter and every batch its true first line."""
     try:
