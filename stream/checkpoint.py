@@ -3,8 +3,9 @@
 A pipeline's position is per pipeline (not per version), so a hot swap continues exactly where
 the old version committed. Window, rule and dedupe state is rebuilt on start by replaying the log
 from `replay_from` with outputs suppressed; what replay cannot rebuild exactly (rule and derive
-alert books: a chain of alerts that never pauses) is also stored, as `state`, with each commit,
-and put back after the replay when the same version resumes. To know how far back that is,
+alert books: a chain of alerts that never pauses) is also stored, as `state`, with a commit at
+most every few seconds (`state_offset` says which): a restart replays up to that offset, puts the
+snapshot back, and replays the rest on top of it, when the same version resumes. To know how far back that is,
 each committed batch leaves (first_offset, max event time) in a history; with the watermark W
 (the largest event time committed) and the pipeline's state span S (the longest time an open
 window, session, rule alert or dedupe key can still reach back), `replay_from` is the first
@@ -31,7 +32,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     tenant TEXT NOT NULL, pipeline TEXT NOT NULL, committed INTEGER NOT NULL, replay_from INTEGER NOT NULL,
     watermark INTEGER, pending_first INTEGER, pending_next INTEGER, version INTEGER, updated_at REAL NOT NULL,
-    state TEXT, PRIMARY KEY (tenant, pipeline));
+    state TEXT, state_offset INTEGER, PRIMARY KEY (tenant, pipeline));
 CREATE TABLE IF NOT EXISTS history (
     tenant TEXT NOT NULL, pipeline TEXT NOT NULL, first_offset INTEGER NOT NULL, max_time INTEGER,
     PRIMARY KEY (tenant, pipeline, first_offset));
@@ -45,7 +46,16 @@ class Checkpoint:
     watermark: int | None  # largest committed event time, microseconds
     pending: tuple[int, int] | None  # [first, next) of the batch in flight, if a run stopped inside it
     version: int | None  # version that made the last commit
-    state: str | None = None  # JSON: what replay cannot rebuild (Engine.snapshot), as of `committed`
+    state: str | None = None  # JSON: what replay cannot rebuild (Engine.snapshot), as of state_offset
+    state_offset: int | None = None  # the committed position when `state` was taken (<= committed)
+
+    @property
+    def restart_from(self) -> int:
+        """Where a restart replays from: replay_from, or earlier when the state snapshot is older
+        (its offset onwards is replayed on top of it). Retention must keep the log from here."""
+        if self.state is not None and self.state_offset is not None:
+            return min(self.replay_from, self.state_offset)
+        return self.replay_from
 
 
 class CheckpointStore:
@@ -59,8 +69,9 @@ class CheckpointStore:
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.executescript(SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(checkpoints)")}
-        if "state" not in columns:  # a data directory from before state snapshots
-            self._conn.execute("ALTER TABLE checkpoints ADD COLUMN state TEXT")
+        for column in ("state TEXT", "state_offset INTEGER"):  # data directories from before snapshots
+            if column.split()[0] not in columns:
+                self._conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {column}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -70,12 +81,12 @@ class CheckpointStore:
     def load(self, tenant: str, pipeline: str) -> Checkpoint | None:
         with self._lock:
             row = self._conn.execute("SELECT committed, replay_from, watermark, pending_first, pending_next, "
-                                     "version, state FROM checkpoints WHERE tenant = ? AND pipeline = ?",
-                                     (tenant, pipeline)).fetchone()
+                                     "version, state, state_offset FROM checkpoints WHERE tenant = ? AND "
+                                     "pipeline = ?", (tenant, pipeline)).fetchone()
         if row is None:
             return None
         pending = (int(row[3]), int(row[4])) if row[3] is not None else None
-        return Checkpoint(int(row[0]), int(row[1]), row[2], pending, row[5], row[6])
+        return Checkpoint(int(row[0]), int(row[1]), row[2], pending, row[5], row[6], row[7])
 
     def start(self, tenant: str, pipeline: str, offset: int) -> Checkpoint:
         """Create the checkpoint of a new pipeline at `offset` (kept if one exists already)."""
@@ -98,8 +109,9 @@ class CheckpointStore:
                max_time: int | None, span: int, state: str | None = None) -> Checkpoint:
         """The batch [first, next_offset) is done: move the position, the watermark and replay_from.
 
-        `span` is the pipeline's state span in microseconds (0: stateless, nothing to replay);
-        `state` the engine's snapshot after this batch, stored in the same transaction.
+        `span` is the pipeline's state span in microseconds (0: stateless, nothing to replay).
+        `state`, when given, is the engine's snapshot after this batch: stored in the same
+        transaction with state_offset = next_offset (otherwise the previous snapshot stays).
         """
         with self._write() as conn:
             row = conn.execute("SELECT watermark FROM checkpoints WHERE tenant = ? AND pipeline = ?",
@@ -122,9 +134,12 @@ class CheckpointStore:
             conn.execute("DELETE FROM history WHERE tenant = ? AND pipeline = ? AND first_offset < ?",
                          (tenant, pipeline, replay_from))
             conn.execute("UPDATE checkpoints SET committed = ?, replay_from = ?, watermark = ?, "
-                         "pending_first = NULL, pending_next = NULL, version = ?, updated_at = ?, state = ? "
+                         "pending_first = NULL, pending_next = NULL, version = ?, updated_at = ? "
                          "WHERE tenant = ? AND pipeline = ?",
-                         (next_offset, replay_from, watermark, version, time.time(), state, tenant, pipeline))
+                         (next_offset, replay_from, watermark, version, time.time(), tenant, pipeline))
+            if state is not None:
+                conn.execute("UPDATE checkpoints SET state = ?, state_offset = ? WHERE tenant = ? AND "
+                             "pipeline = ?", (state, next_offset, tenant, pipeline))
         checkpoint = self.load(tenant, pipeline)
         assert checkpoint is not None
         return checkpoint
@@ -134,7 +149,7 @@ class CheckpointStore:
         with self._write() as conn:
             conn.execute("DELETE FROM history WHERE tenant = ? AND pipeline = ?", (tenant, pipeline))
             conn.execute("UPDATE checkpoints SET committed = ?, replay_from = ?, pending_first = NULL, "
-                         "pending_next = NULL, state = NULL, updated_at = ? "
+                         "pending_next = NULL, state = NULL, state_offset = NULL, updated_at = ? "
                          "WHERE tenant = ? AND pipeline = ?",
                          (offset, offset, time.time(), tenant, pipeline))
 

@@ -203,6 +203,10 @@ class Executor:
             runner = None if key not in self._runners else runner
         checkpoint = self.checkpoints.load(*key)
         position = checkpoint.committed if checkpoint is not None else None
+        if runner is not None and runner.position is not None:
+            # the runner moves its position after counting the batch (the checkpoint is committed
+            # just before): a caught-up status then always carries that batch's counters
+            position = runner.position
         spec_source = load_spec(deployed.spec_text).source
         end: int | None
         try:

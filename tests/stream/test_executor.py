@@ -285,7 +285,7 @@ def _bursts(start: int, stop: int) -> pa.Table:
 
 
 def _run_with_crash(root: Path, pool: SandboxPool, spec: str, name: str, tables: list[pa.Table],
-                    crash_at: int | None, stage: str = "sink") -> FakeSink:
+                    crash_at: int | None, stage: str = "sink", state_interval_s: float = 5.0) -> FakeSink:
     """Run `spec` over `tables`; with `crash_at`, its thread dies at `stage` of the first batch at or
     after that offset (as in kill -9: nothing after that point runs) and a new executor over the same
     data directory takes over. Returns what the sink holds at the end."""
@@ -301,9 +301,9 @@ def _run_with_crash(root: Path, pool: SandboxPool, spec: str, name: str, tables:
                 crashed.set()
                 raise SystemExit  # the thread dies here, as in kill -9: nothing after this point runs
 
+        config = ExecutorConfig(batch_size=60, idle_poll_s=0.02, state_interval_s=state_interval_s)
         executor = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
-                            pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02),
-                            fail_point=fail)
+                            pool=pool, config=config, fail_point=fail)
         executor.deploy(TENANT, spec, actor="alice")
         if crash_at is None:
             _wait(executor, name)
@@ -320,7 +320,7 @@ def _run_with_crash(root: Path, pool: SandboxPool, spec: str, name: str, tables:
         # Dropped without finishing: a new executor over the same data directory takes over.
         executor.fail_point = None
         again = Executor(root, log, sink_factory=FakeSink, outbox=Outbox(root / "outbox.sqlite3"),
-                         pool=pool, config=ExecutorConfig(batch_size=60, idle_poll_s=0.02))
+                         pool=pool, config=config)
         again.start()
         status = _wait(again, name)
         again.stop()
@@ -366,16 +366,19 @@ steps:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("crash_at", [30, 100, 300])  # the batches at 60, 180, 420
+@pytest.mark.parametrize("state_interval_s", [0.0, 60.0])  # a snapshot with every commit; only the first
 def test_a_chain_of_alerts_that_never_pauses_survives_a_crash_exactly(
-        tmp_path: Path, pool: SandboxPool, crash_at: int) -> None:
+        tmp_path: Path, pool: SandboxPool, crash_at: int, state_interval_s: float) -> None:
     """Matches every 2 s on one host, for 20 minutes: each alert expires and the next fires at once
     (a chain with a 28 s period), so the key is never quiet. Replay alone would restart the chain at
     the replay point, in another phase (other first_seen, other ids); the checkpointed alert book
-    keeps it exact."""
+    keeps it exact, whether it was taken at the crash point or earlier (then the rest is replayed on
+    top of it)."""
     tables = [from_events([{"n": i, "ts": T0 + 2 * i, "host": "h0", "status": 500}
                            for i in range(start, start + 50)]) for start in range(0, 600, 50)]
     clean = _run_with_crash(tmp_path / "clean", pool, CHAIN, "chain", tables, None)
-    crashed = _run_with_crash(tmp_path / "crashed", pool, CHAIN, "chain", tables, crash_at)
+    crashed = _run_with_crash(tmp_path / "crashed", pool, CHAIN, "chain", tables, crash_at,
+                              state_interval_s=state_interval_s)
     assert len(clean.signals("chain")) > 30
     assert crashed.signals("chain") == clean.signals("chain")
 
@@ -686,6 +689,23 @@ def test_a_checkpoint_file_from_before_state_snapshots_is_upgraded(tmp_path: Pat
         before = store.load("acme", "old")
         assert before is not None and (before.committed, before.replay_from, before.state) == (40, 10, None)
         after = store.commit("acme", "old", 2, 40, 50, None, 0, state='{"rule": {}}')
-        assert (after.committed, after.state) == (50, '{"rule": {}}')
+        assert (after.committed, after.state, after.state_offset) == (50, '{"rule": {}}', 50)
+        later = store.commit("acme", "old", 2, 50, 60, None, 0)  # no new snapshot: the old one stays
+        assert (later.committed, later.state_offset, later.restart_from) == (60, 50, 50)
     finally:
         store.close()
+
+
+def test_a_snapshot_is_restored_only_into_the_version_that_took_it() -> None:
+    from stream.checkpoint import Checkpoint
+    from stream.runner import _own_state
+
+    def checkpoint(state: str | None) -> Checkpoint:
+        return Checkpoint(100, 40, None, None, 3, state, 80)
+
+    taken = '{"version": 3, "steps": {"rule": {"watermark": 1, "keys": {}}}}'
+    assert _own_state(checkpoint(taken), 3) == {"rule": {"watermark": 1, "keys": {}}}
+    assert _own_state(checkpoint(taken), 4) is None  # a hot swap: the steps may differ
+    assert _own_state(checkpoint("not json"), 3) is None and _own_state(checkpoint(None), 3) is None
+    assert checkpoint(taken).restart_from == 40  # replay_from is earlier than the snapshot
+    assert Checkpoint(100, 90, None, None, 3, taken, 80).restart_from == 80  # the snapshot is earlier
