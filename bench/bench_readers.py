@@ -1,0 +1,107 @@
+"""How fast can the W1 input be read at all? Floors of the NDJSON readers LogBus could use.
+
+    python3 bench/bench_readers.py [--events N] [--cpus 0|all] [--runs 3]
+
+On the file of bench_pipeline.py (generated there first), in this process, best of --runs:
+
+- Arrow's JSON reader over the whole file (what `logbus test` parses today), every field;
+- the same with an explicit schema of only the 4 fields W1 needs (projection; exact: a value of
+  another type is an error, as in the full read);
+- DuckDB's `read_json` with those 4 columns typed (fast, but it casts loosely: the report shows
+  what it makes of "42", 1.5 and 2 in columns of the wrong type);
+- DuckDB reading them as JSON and checking each value's type in the same scan (exact again).
+
+BENCHMARKS.md (W1) uses these floors to explain why `logbus test` cannot get within 1.5x of
+DuckDB's whole run with an exact parse. Imports are not timed here (see `python -X importtime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_pipeline import OUT, generate  # noqa: E402 - the same generated file as bench_pipeline
+
+W1_FIELDS = {"ts": ("BIGINT", pa.int64()), "host": ("VARCHAR", pa.string()),
+             "status": ("BIGINT", pa.int64()), "bytes": ("BIGINT", pa.int64())}
+
+
+def best(run: Callable[[], Any], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=400_000, help="events in the file (400000)")
+    parser.add_argument("--seed", type=int, default=42, help="data generator seed (42)")
+    parser.add_argument("--cpus", default="0", help="'0' for one core (default), 'all' for the machine")
+    parser.add_argument("--runs", type=int, default=3, help="runs per reader; the best is shown (3)")
+    args = parser.parse_args()
+    if args.cpus != "all":
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    threads = len(os.sched_getaffinity(0))
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"events-{args.events}-seed{args.seed}.ndjson"
+    if not path.exists():
+        generate(path, args.events, args.seed)
+    data = path.read_bytes()
+    # as stream/inputs.py reads: 2 MiB blocks in parallel with threads, one block without
+    options = pa_json.ReadOptions(use_threads=threads > 1,
+                                  block_size=1 << 21 if threads > 1 else len(data) + 1)
+    schema = pa.schema([(name, kind) for name, (_, kind) in W1_FIELDS.items()])
+    projected = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    literal = "'" + str(path).replace("'", "''") + "'"
+    typed = ", ".join(f"{name}: '{sql}'" for name, (sql, _) in W1_FIELDS.items())
+    as_json = ", ".join(f"{name}: 'JSON'" for name in W1_FIELDS)
+    checked = (f"SELECT count(*) FILTER (WHERE json_type(ts) NOT IN ('BIGINT', 'UBIGINT')), "
+               f"count(*) FILTER (WHERE json_type(host) <> 'VARCHAR'), "
+               f"count(*) FILTER (WHERE json_type(status) NOT IN ('BIGINT', 'UBIGINT')), "
+               f"count(*) FILTER (WHERE json_type(bytes) NOT IN ('BIGINT', 'UBIGINT')) "
+               f"FROM read_json({literal}, columns={{{as_json}}})")
+    readers: dict[str, Callable[[], Any]] = {
+        "Arrow read_json, every field (exact)": lambda: pa_json.read_json(
+            io.BytesIO(data), read_options=options),
+        "Arrow read_json, 4 fields by explicit schema (exact)": lambda: pa_json.read_json(
+            io.BytesIO(data), read_options=options, parse_options=projected),
+        "DuckDB read_json, 4 typed columns (loose casts)": lambda: con.sql(
+            f"SELECT * FROM read_json({literal}, columns={{{typed}}})").to_arrow_table(),
+        "DuckDB read_json, 4 JSON columns + type check (exact)": lambda: con.sql(checked).fetchall(),
+    }
+    print(f"# NDJSON reader floors: {path.name} ({len(data) / 1e6:.1f} MB, {args.events:,} events), "
+          f"{threads} thread(s), best of {args.runs}\n")
+    print("| reader | seconds | events/s |\n|---|---:|---:|")
+    for name, run in readers.items():
+        seconds = best(run, args.runs)
+        print(f"| {name} | {seconds:.3f} | {args.events / seconds:,.0f} |")
+    sample = OUT / "loose-casts.ndjson"
+    sample.write_text('{"n": "42"}\n{"n": 1.5}\n{"s": 2}\n')
+    loose = f"SELECT n, s FROM read_json('{sample}', columns={{n: 'BIGINT', s: 'VARCHAR'}})"
+    rows = con.sql(loose).fetchall()
+    print(f"\nDuckDB's typed read (n BIGINT, s VARCHAR) of {sample.read_text().splitlines()}: {rows} "
+          "-- a string and a float taken as BIGINT, a number as VARCHAR, and no error")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
