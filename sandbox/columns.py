@@ -45,13 +45,7 @@ def _scalar_type(kind: pa.DataType) -> bool:
 def table_columns(table: pa.Table) -> tuple[list[str], list[list[Any]]]:
     """(names, one Python list per column) of a table, JSON-tagged columns decoded."""
     names = list(table.column_names)
-    columns: list[list[Any]] = []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        values = column.to_pylist()
-        if is_json_field(field):
-            values = [None if v is None else json.loads(v) for v in values]
-        columns.append(values)
-    return names, columns
+    return names, [_values(field, column) for field, column in zip(table.schema, table.columns, strict=True)]
 
 
 Given = dict[int, tuple[pa.Field, pa.ChunkedArray]]  # column position -> the host's own input column
@@ -155,17 +149,17 @@ def concat_pieces(pieces: list[Piece]) -> tuple[pa.Table, list[int]]:
     columns: list[list[Any]] = [[] for _ in names]
     for piece in pieces:
         rows = piece.table.num_rows
-        own = {name: values if values is not None else _values(piece.table, name)
+        own = {name: values if values is not None
+               else _values(piece.table.schema.field(name), piece.table.column(name))
                for name, values in zip(piece.names, piece.columns, strict=True)}
         for slot, name in zip(columns, names, strict=True):
             slot += own.get(name) or [None] * rows
     return build_table(names, columns, len(source)), source
 
 
-def _values(table: pa.Table, name: str) -> list[Any]:
-    """A column of a piece as Python values (JSON-tagged text decoded), as the worker saw them."""
-    field = table.schema.field(name)
-    values: list[Any] = table.column(name).to_pylist()
+def _values(field: pa.Field, column: pa.ChunkedArray) -> list[Any]:
+    """One column as Python values, JSON-tagged text decoded: what the worker sees of it."""
+    values: list[Any] = column.to_pylist()
     if is_json_field(field):
         values = [None if v is None else json.loads(v) for v in values]
     return values

@@ -78,7 +78,7 @@ class ExecutorConfig:
     idle_poll_s: float = 0.2  # wait at the end of the stream before reading again
     # How often the alert books (Engine.snapshot) are stored with a commit. A restart replays from
     # the last snapshot at most, so this bounds the extra replay; storing them with every commit
-    # would cost a write of the whole book per batch (2.8 MB for 10,000 open keys).
+    # would write the whole book with every batch (megabytes once ten thousand keys are open).
     state_interval_s: float = 5.0
     poll_s: float = 1.0  # how often the executor looks at the registry for changes
     restart_backoff_s: float = 1.0  # first wait after an unexpected failure (doubles, up to 30 s)

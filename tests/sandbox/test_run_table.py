@@ -371,3 +371,13 @@ def test_a_false_claim_of_unchanged_columns_fails_as_crash(raw_pool: SandboxPool
     result = raw_pool.run_table("hostile", "transform", source, pa.table({"n": [1, 2]}))
     assert [(e.index, e.reason) for e in result.errors] == [(0, "crash"), (1, "crash")], case
     assert result.table is not None and result.table.num_rows == 0
+
+
+def test_unchanged_columns_survive_pieces_that_disagree_on_another_column(trips_pool: SandboxPool) -> None:
+    """Round trips of 4: `x` is an int in the first piece and a str after, so the pieces are merged
+    from Python values; the unchanged `n` (reused from the input in each piece) is among them."""
+    source = "def transform(event):\n    event['x'] = 1 if event['n'] < 4 else 's'\n    return event\n"
+    table = pa.table({"n": pa.array(range(10), pa.int32()), "tag": [f"t{i}" for i in range(10)]})
+    result = trips_pool.run_table("acme", "transform", source, table)
+    assert result.table is not None and not result.errors
+    assert decoded(result.table) == [{"n": i, "tag": f"t{i}", "x": 1 if i < 4 else "s"} for i in range(10)]

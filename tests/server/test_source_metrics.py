@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from server.app import create_app
@@ -21,13 +22,10 @@ def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
         yield opened
 
 
-def _samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(sample name, labels) -> value, read by the Prometheus client's own parser."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_metrics_count_what_a_file_tail_read(log: EmbeddedLog, tmp_path: Path) -> None:
@@ -42,11 +40,11 @@ def test_metrics_count_what_a_file_tail_read(log: EmbeddedLog, tmp_path: Path) -
     with TestClient(app, base_url="http://127.0.0.1") as client:
         text = client.get("/metrics").text
     tail.stop()
-    labels = f'{{kind="tail",source="{path}",stream="app",tenant="default"}}'
+    labels = frozenset({"kind": "tail", "source": str(path), "stream": "app", "tenant": "default"}.items())
     samples = _samples(text)
-    assert samples[f"logbus_source_events_total{labels}"] == 3
-    assert samples[f"logbus_source_bytes_total{labels}"] == len("one\ntwo\nthree\n")
-    assert samples[f"logbus_source_rotations_total{labels}"] == 0
+    assert samples[("logbus_source_events_total", labels)] == 3
+    assert samples[("logbus_source_bytes_total", labels)] == len("one\ntwo\nthree\n")
+    assert samples[("logbus_source_rotations_total", labels)] == 0
     assert "# HELP logbus_source_events_total events of a log source since start" in text
 
 
