@@ -18,9 +18,10 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.reviews import REVIEWER_ROLES, ReviewError, Reviews
+if TYPE_CHECKING:  # handlers import it when they run: building the parser stays cheap (`logbus --help`)
+    from server.reviews import Reviews
 
 EXAMPLES = """\
   logbus review list
@@ -94,6 +95,7 @@ def _sub(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentP
 def _reviewer(args: argparse.Namespace) -> Reviewer:
     """Who acts: the token's tenant and role, or the local operator as a reviewer of --tenant."""
     from server.operator import local_actor
+    from server.reviews import REVIEWER_ROLES, ReviewError
     from server.tokens import TokenStore
 
     name = args.reviewer or local_actor()
@@ -121,6 +123,7 @@ def _data(args: argparse.Namespace) -> Any:
 
 
 def _reviews(args: argparse.Namespace) -> Reviews:
+    from server.reviews import Reviews
     from stream.registry import PipelineRegistry
 
     return Reviews(_data(args), PipelineRegistry(_data(args)))
@@ -154,6 +157,7 @@ def _cmd_decide(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, action: str, call: Any) -> int:
+    from server.reviews import ReviewError
     from stream.registry import RegistryError
 
     try:

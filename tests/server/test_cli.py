@@ -106,3 +106,14 @@ def test_help_explains_with_examples() -> None:
     done = logbus("test", "--help")
     assert done.returncode == 0
     assert "examples:" in done.stdout and "--format" in done.stdout
+
+
+def test_help_loads_no_engine_modules() -> None:
+    """`logbus --help` (and every other command's argument parsing) builds the whole parser; the
+    engine's libraries must wait for the handler that needs them (this once cost 0.3 s a call)."""
+    probe = ("import sys\nfrom server.cli import _parser\n_parser().parse_args(['review', 'list'])\n"
+             "print(' '.join(m for m in ('pyarrow', 'pydantic', 'duckdb', 'yaml', 'primitives.spec', "
+             "'stream.registry') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
