@@ -23,8 +23,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from primitives.parsers.common import Parsed, merge_parsed, text_column
@@ -96,6 +94,11 @@ def load_table(options: EnrichOptions, base_dir: str, step_id: str) -> pa.Table:
     if path.stat().st_size > MAX_TABLE_BYTES:
         raise ValueError(f"step '{step_id}': lookup table {options.table!r} is over "
                          f"{MAX_TABLE_BYTES >> 20} MiB; enrich holds the table in memory")
+    # imported here: only enrich reads these formats, and pyarrow.parquet alone costs every
+    # `logbus test` run ~10 ms of start-up
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as exc:
