@@ -482,9 +482,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": True, **result.to_dict()}, default=str))
         return 0
-    tested = (f"tested on {result.sampled:,} events of stream {result.trial and 'source'}"
-              if result.trial is not None else "validated")
-    tested = tested.replace("stream source", "its source stream")
+    tested = (f"tested on {result.sampled:,} events of its source stream" if result.trial is not None
+              else "validated")
     if result.changed:
         print(f"deployed {result.name} version {result.version} for tenant {result.tenant} ({tested})")
     for note in result.notes:

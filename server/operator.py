@@ -118,6 +118,10 @@ def apply(data_dir: str | Path, path: str | Path, *, tenant: str = DEFAULT_TENAN
         except RegistryError as exc:
             raise OperatorError(str(exc)) from None
         result.changed = True
+        if current is None and spec.start == "latest" and events is not None:
+            # the trap of "ingest a file, then apply": the new pipeline sees none of that file
+            result.notes.append(f"starts at the end of stream {spec.source!r}: the events already in it "
+                                "are not processed; add `start: earliest` to the spec to process them too")
     finally:
         registry.close()
     return result

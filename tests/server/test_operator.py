@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,25 @@ def test_apply_refuses_an_invalid_spec_and_a_failing_step_and_deploys_nothing(da
     assert json.loads(logbus(data, "pipelines", "list", "--json").stdout) == []
     missing = logbus(data, "pipelines", "apply", str(tmp_path / "nope.yaml"), check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_apply_says_when_a_new_pipeline_will_skip_the_stored_events(data: Path, tmp_path: Path) -> None:
+    """`start: latest` (the default) on a stream that has events: the user is told, on the first
+    version only, and how to process those events too."""
+    def apply(text: str, name: str) -> dict[str, Any]:
+        done = logbus(data, "pipelines", "apply", _spec(tmp_path, text, name), "--json")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    latest = TRANSFORM.replace("start: earliest\n", "")
+    first = apply(latest, "l1.yaml")
+    assert any("start: earliest" in note and "'web'" in note for note in first["notes"]), first["notes"]
+    second = apply(latest.replace("* 2", "* 3"), "l2.yaml")
+    assert second["version"] == 2 and second["notes"] == []  # v2 continues from v1's position
+    earliest = apply(TRANSFORM.replace("name: doubler", "name: from-start"), "e.yaml")
+    assert earliest["version"] == 1 and earliest["notes"] == []
+    other = _spec(tmp_path, latest.replace("name: doubler", "name: other"), "o.yaml")
+    assert "add `start: earliest`" in logbus(data, "pipelines", "apply", other).stdout
 
 
 def test_lifecycle_is_audited_with_the_local_user_and_visible_in_status(data: Path, tmp_path: Path) -> None:
