@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ CHUNK_BYTES = 8 << 20
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _INNER_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")  # an empty or whitespace-only line between two others
 _BOM = b"\xef\xbb\xbf"
+_EXACT_INTEGERS = float(2**53)  # every integer up to this magnitude is exactly a float64
+# orjson reads an integer outside [-2**63, 2**64) as a float, silently; every such integer has
+# at least 19 digits. A line with a run that long is parsed again by the json module, whose
+# integers are exact (the line is valid JSON: orjson took it).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 @dataclass(slots=True)
@@ -210,8 +216,8 @@ def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
     object: LF endings only (Arrow does not end a line at a bare CR), no blank or whitespace-only
     line (Arrow skips those, and would then shift row numbers), as many rows as lines (Arrow
     reads `{..} {..}` on one line as two events), no line over the size cap, valid UTF-8 with no
-    byte order mark (Arrow copies bytes into strings unchecked), and no NaN or Infinity (Arrow
-    accepts them; JSON does not)."""
+    byte order mark (Arrow copies bytes into strings unchecked), and no float that may not be
+    what the file wrote (see `_has_inexact_float`)."""
     if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
         return None
     if not body.isascii() and (not _valid_utf8(body) or body.startswith(_BOM) or b"\n" + _BOM in body):
@@ -222,16 +228,20 @@ def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
     # with no bare CR, `endings` (from _chunks) is the count of LFs: one per line but a last one
     if table is None or table.num_rows != endings + (not body.endswith(b"\n")):
         return None
-    if _has_non_finite(table):
+    if _has_inexact_float(table):
         return None
     return table
 
 
 def _parse_lines(lines: list[bytes], first_line: int) -> InputBatch:
-    blob = b"\n".join(line for line in lines if line and len(line) <= MAX_LINE_BYTES)
-    if blob and all(len(line) <= MAX_LINE_BYTES for line in lines):
-        table = _read_json(blob)
-        if table is not None and not _has_non_finite(table):
+    """A group of lines from a chunk that `_fast_chunk` refused: most groups hold no bad line, so
+    Arrow's reader is tried on the group first, under the same checks as a whole chunk (a group
+    with a byte order mark, two objects on a line or a NaN must not pass here either), and line
+    by line where they fail. Empty lines are no events: they are left out of the group."""
+    present = [line for line in lines if line]
+    if present:
+        table = _fast_chunk(b"\n".join(present), len(present) - 1)
+        if table is not None:
             return InputBatch(table, [], first_line)
     return _slow_ndjson(lines, first_line)
 
@@ -299,12 +309,17 @@ def _has_long_line(body: bytes) -> bool:
     return False
 
 
-def _has_non_finite(table: pa.Table) -> bool:
-    """NaN or Infinity in a float column, at any depth: Arrow's reader accepts them, JSON does not."""
+def _has_inexact_float(table: pa.Table) -> bool:
+    """A float, at any depth, that the per-line parse would read differently: NaN or Infinity
+    (Arrow's reader accepts them; JSON does not), or a magnitude of 2**53 or more. Arrow turns an
+    integer beyond int64 into a float, and every integer of a column that also holds a float;
+    past 2**53 a float is no longer the integer the file wrote (12345678901234567890 would come
+    out as 12345678901234567168). The per-line parse keeps such integers exact (primitives.batch
+    tags them as JSON). A true float that large only costs its chunk the slower path."""
     def walk(array: pa.Array) -> bool:
         t = array.type
         if pa.types.is_floating(t):
-            return bool(pc.any(pc.invert(pc.is_finite(array))).as_py())
+            return bool(pc.any(pc.invert(pc.less(pc.abs(array), _EXACT_INTEGERS))).as_py())
         if pa.types.is_struct(t):
             return any(walk(array.field(i)) for i in range(t.num_fields))
         if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -375,6 +390,8 @@ def _slow_ndjson(lines: list[bytes], first_line: int) -> InputBatch:
         if error is None:
             try:
                 value = orjson.loads(raw)
+                if _LONG_DIGITS.search(raw):  # maybe an integer orjson made a float: exact ints
+                    value = json.loads(raw)
             except orjson.JSONDecodeError as exc:
                 error = _json_error(raw, exc)
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from primitives.batch import to_events
 from stream import inputs
 from stream.inputs import read_all, read_events
 
@@ -153,3 +154,28 @@ def test_lines_over_the_cap_are_refused_on_both_formats() -> None:
     batch = _read(b'{"s": "a"}\n' + exact + b"\n" + b'{"s": "' + big + b'"}\n')
     assert batch.table.num_rows == 2
     assert [(d.line, d.reason) for d in batch.dead_letters] == [(3, "too_large")]
+
+
+def test_integers_beyond_what_a_float_holds_keep_their_exact_values() -> None:
+    # Arrow's reader makes an integer beyond int64 a float, and with it every integer of its column
+    # (1 would become 1.0), and past 2**53 a float is not the integer the file wrote. Such a chunk
+    # goes to the per-line parse, which keeps them exact.
+    big, beyond_float = 12345678901234567890, 9007199254740993  # > int64 max; 2**53 + 1
+    data = (b'{"id": 1, "n": {"v": 2}, "l": [3]}\n'
+            b'{"id": %d, "n": {"v": %d}, "l": [%d]}\n'
+            b'{"id": 1.5, "x": %d}\n' % (big, -big, big, beyond_float))
+    rows = to_events(_read(data).table)
+    assert [row["id"] for row in rows] == [1, big, 1.5]
+    assert type(rows[0]["id"]) is int
+    assert [row["n"] and row["n"]["v"] for row in rows] == [2, -big, None]
+    assert [row["l"] for row in rows] == [[3], [big], None]
+    assert rows[2]["x"] == beyond_float
+
+
+def test_floats_within_exact_range_stay_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_slow_path(monkeypatch)
+    data = b'{"f": 1.5, "i": 9007199254740992, "g": -9007199254740991.0}\n{"f": 2, "i": 1, "g": 0.25}\n'
+    table = _read(data).table
+    assert table.column("f").to_pylist() == [1.5, 2.0]  # int and float in one field: float64
+    assert table.column("i").to_pylist() == [9007199254740992, 1]
+    assert table.column("g").to_pylist() == [-9007199254740991.0, 0.25]
