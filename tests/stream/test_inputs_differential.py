@@ -153,3 +153,41 @@ def test_any_chunking_of_hostile_lines_reads_like_the_per_line_reference(
 
     assert sorted(dead) == expected_dead
     assert [_typed(_without_nulls(e)) for e in events] == [_typed(_without_nulls(e)) for e in expected_events]
+
+
+TEXT_LINES = [b"plain", b"  indented\t", b"caf\xc3\xa9", b"\xff bad", b"", b" ", b"x" * 300, b'{"a": 1}',
+              b"tab\there", b"\x00nul"]
+
+
+def lines_reference(data: bytes) -> tuple[list[str], list[tuple[int, str]]]:
+    """`--format lines`: every non-empty line is {"message": line}, as it is (whitespace kept)."""
+    messages, dead = [], []
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if data.endswith((b"\n", b"\r")):
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        if not raw:
+            continue
+        if len(raw) > LINE_CAP:
+            dead.append((number, "too_large"))
+            continue
+        try:
+            messages.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            dead.append((number, "invalid_utf8"))
+    return messages, dead
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_any_chunking_of_raw_lines_reads_like_the_reference(seed: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    monkeypatch.setattr(inputs, "CHUNK_BYTES", rng.choice([16, 64, 300, 1 << 16]))
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", LINE_CAP)
+    data = b"".join(rng.choice(TEXT_LINES) + rng.choice(ENDINGS) for _ in range(40))
+    if rng.random() < 0.3:
+        data = data.rstrip(b"\r\n")
+    batches = list(inputs.read_events(io.BytesIO(data), "lines", batch_size=rng.choice([3, 1000])))
+    messages = [m for batch in batches for m in batch.table.column("message").to_pylist()]
+    dead = sorted((d.line, d.reason) for batch in batches for d in batch.dead_letters)
+    assert (messages, dead) == lines_reference(data)
