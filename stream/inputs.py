@@ -44,7 +44,8 @@ _BOM = b"\xef\xbb\xbf"
 _EXACT_INTEGERS = float(2**53)  # every integer up to this magnitude is exactly a float64
 # orjson reads an integer outside [-2**63, 2**64) as a float, silently; every such integer has
 # at least 19 digits. A line with a run that long is parsed again by the json module, whose
-# integers are exact (the line is valid JSON: orjson took it).
+# integers are exact (the line is valid JSON: orjson took it). orjson refuses a number past a
+# float's range (over 308 digits) outright: that line is a dead letter, raw text kept.
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 

@@ -31,8 +31,12 @@ MAX_TEXT_FIELD = 1000  # dedup / title strings of a rule
 MAX_RANGE = 10_000_000
 MAX_PRINT_LINES = 200  # per batch
 MAX_PRINT_BYTES = 64 * 1024  # per batch
-MAX_INT = 2**63 - 1  # outputs go to Arrow int64 columns
+MAX_INT = 2**63 - 1  # ints in this range go to Arrow int64 columns (the fast path of the checks)
 MIN_INT = -(2**63)
+# Larger ints are data too (u64 hashes, 128-bit ids): they travel as decimal text (codec.BIGINT)
+# and are stored as JSON text (primitives.batch). The bound keeps every one below Python's own
+# 4,300-digit limit on int <-> str conversion.
+MAX_INT_BITS = 14_000  # about 4,200 decimal digits
 
 # ---------------------------------------------------------------------------------------------
 # Modules: import name -> members exposed on its frozen namespace. Everything not listed does not
@@ -276,9 +280,10 @@ Return values:
 - `keep`: exactly `True` or `False` (not a truthy value).
 - `rule`: a bool; when True, `dedup`/`title` return a str or None, `severity` one of
   {', '.join(SEVERITIES)} or None, `context` a dict or None.
-- Outputs must be plain JSON data: dict with str keys, list, str, int (64-bit), finite float, bool,
-  None. Tuples and Counter/defaultdict/OrderedDict/deque are converted to lists/dicts; sets, bytes,
-  datetimes are rejected (convert them: sorted(list(s)), b.decode(), d.isoformat()). At most
+- Outputs must be plain JSON data: dict with str keys, list, str, int (any size up to about 4,200
+  digits; past 64 bits it is kept exactly, stored as JSON text), finite float, bool, None. Tuples
+  and Counter/defaultdict/OrderedDict/deque are converted to lists/dicts; sets, bytes, datetimes
+  are rejected (convert them: sorted(list(s)), b.decode(), d.isoformat()). At most
   {MAX_OUTPUT_BYTES / 2**20:g} MiB and {MAX_OUTPUT_DEPTH} levels of nesting per input event.
 - Each call receives its own copy of the event: mutate and return it freely.
 - Iteration order of sets of strings differs between worker processes: sort before you output

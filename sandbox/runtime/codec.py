@@ -2,7 +2,9 @@
 
 A batch travels as ONE msgpack payload (one C-level pack and one unpack per batch, never JSON per
 event). Both ends read with hard bounds: a length prefix above the agreed cap is refused before
-a byte of the body is read, and unpacking refuses extension types. The host additionally checks
+a byte of the body is read, and unpacking refuses every extension type but one: BIGINT, an int
+beyond msgpack's 64 bits (a u64 hash past int64 is one, a 128-bit id another) as ASCII decimal
+text of bounded length. The host additionally checks
 the shape of every response (`check_response`): everything a worker sends is treated as hostile.
 
 Messages (host -> worker): {"op": "init", "config": {...}, "kind", "source"}, then batches in one
@@ -19,11 +21,14 @@ False, "error": kind, "message": str, "line": int | None}.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import struct
 from decimal import Decimal
 from typing import Any
 
 import msgpack
+
+from sandbox.runtime.allowlist import MAX_INT_BITS
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 2**31 - 1
@@ -31,11 +36,20 @@ ERROR_FIELDS = ("index", "reason", "error_type", "message", "line", "function")
 REASONS = frozenset({"error", "timeout", "memory", "crash", "bad_output"})
 
 
+BIGINT = 1  # the msgpack extension code of ints wider than 64 bits
+# 19 digits at least (anything msgpack cannot carry has them), as many as MAX_INT_BITS allows
+_BIGINT_TEXT = re.compile(rb"-?[1-9][0-9]{18,%d}" % (MAX_INT_BITS * 30103 // 100_000))
+
+
 class ProtocolError(Exception):
     """The peer sent something outside the protocol; the connection cannot be trusted further."""
 
 
 def _default(value: Any) -> Any:
+    if type(value) is int:  # msgpack asks only for ints it cannot pack itself: wider than 64 bits
+        if value.bit_length() > MAX_INT_BITS:
+            raise TypeError(f"cannot send an int of more than {MAX_INT_BITS:,} bits to the sandbox")
+        return msgpack.ExtType(BIGINT, str(value).encode("ascii"))
     # Arrow's to_pylist gives datetimes for timestamp columns and Decimals for decimal ones; the
     # snippet sees them as ISO-8601 strings / floats, the same as events that arrived as JSON.
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
@@ -57,15 +71,20 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ProtocolError(f"msgpack extension type {code} is not part of the protocol")
+def _ext(code: int, data: bytes) -> Any:
+    if code != BIGINT:
+        raise ProtocolError(f"msgpack extension type {code} is not part of the protocol")
+    value = int(data) if _BIGINT_TEXT.fullmatch(data) else 0
+    if -(2**63) <= value < 2**64:  # not digits, or an int that msgpack carries itself
+        raise ProtocolError("a BIGINT extension must hold the decimal digits of an int wider than 64 bits")
+    return value
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """Parse one frame body into a message map; raise ProtocolError for anything else."""
     try:
         message = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0, use_list=True
+            body, raw=False, strict_map_key=True, ext_hook=_ext, timestamp=0, use_list=True
         )
     except ProtocolError:
         raise

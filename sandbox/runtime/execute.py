@@ -18,6 +18,7 @@ from typing import Any
 
 from sandbox.runtime.allowlist import (
     MAX_INT,
+    MAX_INT_BITS,
     MAX_OUTPUT_BYTES,
     MAX_OUTPUT_DEPTH,
     MAX_PRINT_BYTES,
@@ -66,9 +67,12 @@ def _scalar_size(v: Any, path: str) -> int:
                 raise BadOutput(f"{path} is a str that is not valid UTF-8 (lone surrogate)") from None
         return len(v) + 2
     if t is int:
-        if not MIN_INT <= v <= MAX_INT:
-            raise BadOutput(f"{path} is an int outside the 64-bit range; return it as a str")
-        return 8
+        if MIN_INT <= v <= MAX_INT:
+            return 8
+        bits: int = v.bit_length()
+        if bits > MAX_INT_BITS:
+            raise BadOutput(f"{path} is an int of more than {MAX_INT_BITS:,} bits; return it as a str")
+        return bits // 3 + 2  # at most this many decimal digits (and a sign)
     if t is bool or v is None:
         return 5
     if t is float:
@@ -130,7 +134,7 @@ def _plain_dict(d: Mapping[Any, Any], depth: int, budget: int, caps: OutputCaps,
             budget -= len(k) + 12
             if not (MIN_INT <= v <= MAX_INT and k.isascii()):
                 _scalar_size(k, path)
-                _scalar_size(v, f"{path}[{k!r}]")
+                budget -= _scalar_size(v, f"{path}[{k!r}]") - 8  # a wide int costs its digits
         elif t is bool or v is None:
             budget -= len(k) + 9
             if not k.isascii():

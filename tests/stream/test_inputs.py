@@ -179,3 +179,11 @@ def test_floats_within_exact_range_stay_on_the_fast_path(monkeypatch: pytest.Mon
     assert table.column("f").to_pylist() == [1.5, 2.0]  # int and float in one field: float64
     assert table.column("i").to_pylist() == [9007199254740992, 1]
     assert table.column("g").to_pylist() == [-9007199254740991.0, 0.25]
+
+
+def test_integers_up_to_a_floats_range_are_exact_and_longer_ones_dead_letters() -> None:
+    wide = int("9" * 300)
+    batch = _read(b'{"a": 1}\n{"a": ' + b"9" * 4400 + b'}\n{"a": %d}\n' % wide)
+    assert to_events(batch.table) == [{"a": 1}, {"a": wide}]
+    assert [(d.line, d.reason) for d in batch.dead_letters] == [(2, "bad_json")]
+    assert batch.dead_letters[0].event["raw"].startswith('{"a": 999')  # the line is kept
