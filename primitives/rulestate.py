@@ -216,11 +216,14 @@ def feed(
 
     `times` holds every row's event time in arrival order (None: no time; the caller reports
     those of its matching rows as `no_time`); `matches` maps row index -> that row's matches.
-    Lateness is judged in arrival order, then the batch's on-time matches are applied in event
-    time order (stable), and each signal is emitted once per batch in its latest state.
+    Each row is judged and applied in arrival order, exactly as if it were a batch of its own:
+    the outcome (which alerts fire, their ids and counts) must not depend on how the input is
+    cut into batches, or a replay after a restart, which reads other batch sizes, or a trial run
+    against the live executor, would disagree. Each signal is emitted once per batch, in its
+    latest state.
     """
-    ready: list[Match] = []
     late: list[int] = []
+    signals: dict[str, dict[str, Any]] = {}
     for index, time in enumerate(times):
         if time is None:
             continue
@@ -229,13 +232,10 @@ def feed(
             if book.is_late(time):
                 late.append(index)
             else:
-                ready.extend(found)
+                for match in found:
+                    signal = book.add(match)
+                    if signal is not None:
+                        signals[signal.id] = signal.model_dump()
         book.observe(time)
-    ready.sort(key=lambda m: m.time)
-    signals: dict[str, dict[str, Any]] = {}
-    for match in ready:
-        signal = book.add(match)
-        if signal is not None:
-            signals[signal.id] = signal.model_dump()
     book.expire()
     return list(signals.values()), late
