@@ -430,7 +430,7 @@ def test_a_failing_or_hanging_pipeline_does_not_slow_a_healthy_one(data: tuple[P
             started = time.perf_counter()
             executor.deploy(TENANT, HEALTHY.format(name=name), actor="a")
             _wait(executor, name, timeout=60)
-            return total / (time.perf_counter() - started)
+            return time.perf_counter() - started
 
         alone = timed("alone")
         executor.deploy(TENANT, BAD_RAISE, actor="a")
@@ -441,11 +441,13 @@ def test_a_failing_or_hanging_pipeline_does_not_slow_a_healthy_one(data: tuple[P
         raised = executor.pipeline_status(TENANT, "bad-raise")
     finally:
         executor.stop()
-    # Two shared cores: the hanging code burns one until its worker is killed and the code
-    # quarantined, and the raising one takes its share of the other, so allow a wide margin (a
-    # loaded CI machine measured 0.25-0.4x); a healthy pipeline stalled behind the bad ones would
-    # wait out their per-batch deadlines and fall far below it.
-    assert beside >= 0.2 * alone, (alone, beside)
+    # A healthy pipeline stalled behind the bad ones would wait out at least one of the hanging
+    # code's batch deadlines before it could finish. Beside them it does get less CPU (on two
+    # shared cores the hanging code burns one until its worker is killed and the code quarantined,
+    # the raising code takes a share of the other): a ratio to the time alone is a matter of load
+    # (0.15-0.4x measured), the deadline is not.
+    deadline = pool.limits.batch_deadline(2000)
+    assert beside < deadline, f"{total / alone:,.0f} events/s alone, {total / beside:,.0f} beside bad ones"
     sink = _sink(data_dir)
     assert len(sink.rows("beside")) == total and sink.rows("beside")[7]["double"] == 14
     dead_raise = sink.rows("bad-raise", "dead_letters")
