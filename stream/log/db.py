@@ -91,7 +91,8 @@ def open_writer(path: Path) -> sqlite3.Connection:
     # The WAL grows to the largest transaction; after a checkpoint, give the disk space back.
     conn.execute("PRAGMA journal_size_limit = 67108864")
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.executescript(SCHEMA)
+    # in one transaction: a reader in another process sees the whole schema or none of it
+    conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
     return conn
 
 
@@ -142,6 +143,13 @@ class TenantDB:
             with self._lock:
                 if conn in self._all:  # not closed meanwhile
                     self._idle.append(conn)
+
+    def has_schema(self) -> bool:
+        """Whether the writer has created the tables yet: a process that opens the file read-only
+        can find it between its creation and the writer's first transaction."""
+        with self.reader() as conn:
+            row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'streams'")
+            return row.fetchone() is not None
 
     def _track(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         with self._lock:

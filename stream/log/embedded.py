@@ -443,6 +443,9 @@ class EmbeddedLog:
             if not self.readonly:
                 with db.write_lock:  # schema and WAL mode exist before any reader opens the file
                     db.writer()
+            elif not db.has_schema():  # another process is creating it: nothing to read yet
+                db.close()
+                return None
             self._dbs[tenant] = db
             return db
 

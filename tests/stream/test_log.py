@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from stream.log import (
     UnknownStream,
 )
 from stream.log.codec import encode_table
+from stream.log.embedded import DB_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -321,6 +323,22 @@ def test_a_read_only_log_reads_what_the_writer_committed_and_refuses_writes(log:
         assert reader.end_offset("acme", "web") == 4
         with pytest.raises(ReadOnlyLog):
             reader.append("acme", "web", _numbers(0, 1))
+
+
+def test_a_read_only_log_sees_no_stream_while_another_process_is_creating_the_database(
+        tmp_path: Path) -> None:
+    """Between the file's creation and the writer's first transaction (`logbus status` beside a
+    server starting up), a read-only reader finds an empty database: no streams, not an error."""
+    path = tmp_path / "log" / "acme" / DB_FILE
+    path.parent.mkdir(parents=True)
+    sqlite3.connect(path).close()  # the file exists, its tables do not yet
+    with EmbeddedLog(tmp_path / "log", readonly=True) as reader:
+        assert not reader.has_stream("acme", "web")
+        assert reader.list_streams("acme") == []
+        with EmbeddedLog(tmp_path / "log") as writer:  # the writer gets there: now it is readable
+            writer.create_stream("acme", "web")
+            writer.append("acme", "web", _numbers(0, 2))
+            assert reader.has_stream("acme", "web") and reader.end_offset("acme", "web") == 2
 
 
 _CHILD = textwrap.dedent("""
