@@ -212,7 +212,13 @@ def _normalise(value: Any) -> Any:
 
 
 def _parse_document(text: str | bytes, filename: str | None) -> tuple[Any, Lines]:
-    size = len(text.encode() if isinstance(text, str) else text)
+    try:
+        size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    except UnicodeEncodeError as exc:  # a lone surrogate: JSON's "\ud800" escape decodes to one
+        assert isinstance(text, str)
+        raise SpecError([Diagnostic("spec-syntax", "the spec is not valid Unicode text (a lone surrogate "
+                                    f"character, U+{ord(text[exc.start]):04X})",
+                                    line=text.count("\n", 0, exc.start) + 1)]) from None
     if size > MAX_SPEC_BYTES:
         raise SpecError([Diagnostic("spec-too-large", f"the spec is {size:,} bytes; the limit is "
                                     f"{MAX_SPEC_BYTES:,}", hint="move lookup data to an enrich table")])
@@ -231,18 +237,30 @@ def _parse_document(text: str | bytes, filename: str | None) -> tuple[Any, Lines
                 raise SpecError([Diagnostic("spec-syntax", f"invalid JSON: {exc.msg}", line=exc.lineno,
                                             col=exc.colno)]) from None
             # not JSON after all: a YAML flow mapping ({name: x, ...}) also starts with "{"
-    loader = _SafeNoAliasLoader(text)
+    try:
+        loader = _SafeNoAliasLoader(text)  # its reader refuses control characters (a NUL, say) here
+    except yaml.YAMLError as exc:
+        raise SpecError([_yaml_problem(exc, text)]) from None
     try:
         node = loader.get_single_node()
         return (loader.construct_document(node) if node is not None else None), Lines(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).split("\n", 1)[0]
-        raise SpecError([Diagnostic("spec-syntax", f"invalid YAML: {problem}",
-                                    line=mark.line + 1 if mark else None,
-                                    col=mark.column + 1 if mark else None)]) from None
+        raise SpecError([_yaml_problem(exc, text)]) from None
     finally:
         loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> Diagnostic:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).split("\n", 1)[0]
+    if mark is not None:
+        return Diagnostic("spec-syntax", f"invalid YAML: {problem}", line=mark.line + 1, col=mark.column + 1)
+    position = getattr(exc, "position", None)  # a ReaderError: an offset into the text
+    if isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+        return Diagnostic("spec-syntax", f"invalid YAML: {problem}", line=line,
+                          col=position - text.rfind("\n", 0, position))
+    return Diagnostic("spec-syntax", f"invalid YAML: {problem}")
 
 
 class _SafeNoAliasLoader(yaml.SafeLoader):

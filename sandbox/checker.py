@@ -59,8 +59,10 @@ def check(source: str, kind: str) -> CheckReport:
         return CheckReport(False, _cap(found), digest, entrypoints)
     code, errors = compile_snippet(source, tree)  # the policy only reads the tree
     if code is None:
-        found = [Diagnostic("restricted-python", message, line, None,
-                            "rewrite this line with plain functions, dicts and allowed modules")
+        found = [Diagnostic("syntax-error", message, line, None, "fix the Python syntax at this line")
+                 if message.startswith("syntax error: ")  # the compiler's: `return *x`, a stray `break`
+                 else Diagnostic("restricted-python", message, line, None,
+                                 "rewrite this line with plain functions, dicts and allowed modules")
                  for line, message in errors]
         return CheckReport(False, _cap(found), digest, entrypoints)
     return CheckReport(True, (), digest, entrypoints)

@@ -21,6 +21,7 @@ matches anywhere in the field.
 from __future__ import annotations
 
 import re
+import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,7 +45,9 @@ class RegexPatternError(ValueError):
 def compile_pattern(pattern: str) -> tuple[str, list[str]]:
     """Check `pattern` and return its RE2 form and the names of its groups, in order."""
     try:
-        compiled = re.compile(pattern)
+        with warnings.catch_warnings():  # "possible nested set": about Python's future syntax, and
+            warnings.simplefilter("ignore", FutureWarning)  # RE2 runs the pattern, not Python
+            compiled = re.compile(pattern)
     except re.error as exc:
         raise RegexPatternError(f"regex does not compile: {exc.msg} at position {exc.pos}") from exc
     names = sorted(compiled.groupindex, key=lambda name: compiled.groupindex[name])

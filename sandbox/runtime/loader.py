@@ -92,6 +92,8 @@ def compile_snippet(source: str, tree: ast.Module | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = compile_restricted_exec(strip_annotations(tree), filename=SNIPPET_FILENAME)
+    except SyntaxError as exc:  # what the parser accepts but the compiler does not: `return *x`
+        return None, [(exc.lineno, f"syntax error: {exc.msg}")]
     except (RecursionError, MemoryError):
         return None, [(None, "the code is too deeply nested to compile")]
     if result.code is not None and not result.errors:

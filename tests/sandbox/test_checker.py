@@ -120,6 +120,17 @@ def test_syntax_error_reports_the_line() -> None:
     assert d.code == "syntax-error" and d.line == 2 and d.message.startswith("syntax error: ")
 
 
+@pytest.mark.parametrize(("body", "line"), [
+    ("    x = 1\n    return *event\n", 3),
+    ("    break\n", 2),
+    ("    for k in event:\n        pass\n    continue\n", 4),
+])
+def test_what_only_the_compiler_refuses_is_a_syntax_error_not_a_crash(body: str, line: int) -> None:
+    # ast.parse accepts these; Python's compiler (inside RestrictedPython's) raises SyntaxError
+    (d,) = check(T + body, "transform").diagnostics
+    assert d.code == "syntax-error" and d.line == line and d.message.startswith("syntax error: ")
+
+
 def test_import_message_names_the_module_and_the_allowed_ones() -> None:
     (d,) = check("import os\n" + T + "    return event\n", "transform").diagnostics
     assert d.message.startswith("import of 'os' is not allowed; use the event fields or the allowed "
