@@ -41,8 +41,45 @@ def to_events(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
+class EventError(ValueError):
+    """An event holds something no table can: the message names the event and the field."""
+
+
 def from_events(events: list[dict[str, Any]]) -> pa.Table:
-    """A table holding every event and every field, whatever the mix of types."""
+    """A table holding every event and every field, whatever the mix of types. Raises EventError
+    for text that is not valid Unicode (a lone surrogate, which JSON's "\\ud800" escape makes)."""
+    try:
+        return _from_events(events)
+    except UnicodeEncodeError:
+        raise EventError(_bad_text(events)) from None
+
+
+def _bad_text(events: list[dict[str, Any]]) -> str:
+    def find(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"{path} holds text that is not valid Unicode "
+                        f"(U+{ord(value[exc.start]):04X}, a lone surrogate)")
+            return None
+        items: Iterable[tuple[Any, Any]] = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ())
+        for key, item in items:
+            found = find(key, f"a key in {path}") if isinstance(key, str) else None
+            found = found or find(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+
+    for index, event in enumerate(events):
+        found = find(event, f"event {index}")
+        if found:
+            return found + "; send UTF-8 text"
+    return "an event holds text that is not valid Unicode; send UTF-8 text"
+
+
+def _from_events(events: list[dict[str, Any]]) -> pa.Table:
     if not events:
         return pa.table({})
     names = list(dict.fromkeys(key for event in events for key in event))

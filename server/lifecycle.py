@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from primitives.batch import is_json_field, to_events
+from primitives.batch import EventError, is_json_field, to_events
 from primitives.diagnostics import Diagnostic
 from primitives.eventtime import format_time, micros_of
 from primitives.spec import load_spec
@@ -249,9 +249,12 @@ class Lifecycle:
             if progress:
                 progress(done, total, f"{done} of {total} events")
 
-        report = run_trial(pipeline, events=events, limit=limit, pool=self.ctx.pool, tenant=self.ctx.tenant,
-                           progress=tick)
-        cases = [self._case(pipeline, i, case) for i, case in enumerate(tests or [])]
+        try:
+            report = run_trial(pipeline, events=events, limit=limit, pool=self.ctx.pool,
+                               tenant=self.ctx.tenant, progress=tick)
+            cases = [self._case(pipeline, i, case) for i, case in enumerate(tests or [])]
+        except EventError as exc:  # the agent's inline events: its input, not our failure
+            raise LifecycleError("invalid_argument", str(exc)) from None
         ok = report.ok and all(c["passed"] for c in cases)
         summary = _trial_summary(report)
         run_id = self.ctx.runs.add(self.ctx.tenant, spec.name, code_hash, ok, {**summary, "tests": cases})

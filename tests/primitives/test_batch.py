@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
-from primitives.batch import concat, from_events, is_json_field, to_events, with_columns
+from primitives.batch import EventError, concat, from_events, is_json_field, to_events, with_columns
 from primitives.sqlexec import SqlBatch
 
 
@@ -102,3 +103,10 @@ def test_sql_reads_a_json_tagged_field_as_its_json_text() -> None:
 def test_unicode_field_names_and_astral_characters_round_trip() -> None:
     events: list[dict[str, Any]] = [{"clé": "🚀 emoji", "名前": "テスト", "nul": "a\u0000b"}]
     assert to_events(from_events(events)) == events
+
+
+def test_text_that_is_not_valid_unicode_is_refused_by_name() -> None:
+    with pytest.raises(EventError, match=r"event 1\['b'\]\['c'\]\[1\] holds text .*U\+DC80"):
+        from_events([{"a": "fine"}, {"b": {"c": ["ok", "\udc80"]}}])
+    with pytest.raises(EventError, match=r"a key in event 0 holds text .*U\+D800"):
+        from_events([{"\ud800": 1}])

@@ -286,6 +286,17 @@ def test_inline_cases_pass_or_fail_the_run(world: World) -> None:
     error(call(world.acme, "test_pipeline", {"pipeline": "name: x"}), "invalid_pipeline")
 
 
+def test_inline_events_that_are_not_valid_unicode_are_the_agents_error_not_ours(world: World) -> None:
+    # JSON's "\\ud800" escape reaches the server as a lone surrogate, which no table can hold
+    events = [{"message": "x"}, {"message": "ok", "extra": {"tags": ["fine", "a\ud800b"]}}]
+    failed = error(call(world.acme, "test_pipeline", {"pipeline": FAILURES, "events": events}),
+                   "invalid_argument")
+    assert failed["message"].startswith("event 1['extra']['tags'][1] holds text that is not valid Unicode")
+    case = [{"name": "bad", "event": {"message": "\udc80"}, "expect": {"outputs": 0}}]
+    args = {"pipeline": FAILURES, "events": [{"message": "x"}], "tests": case}
+    error(call(world.acme, "test_pipeline", args), "invalid_argument")
+
+
 def test_code_errors_are_grouped_with_their_line(world: World) -> None:
     crashing = FAILURES.replace('event["kind"] = "failure"', 'event["kind"] = 1 / 0')
     failed = error(call(world.acme, "test_pipeline", {"pipeline": crashing, "limit": 50}), "test_failed")
