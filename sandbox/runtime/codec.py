@@ -3,9 +3,9 @@
 A batch travels as ONE msgpack payload (one C-level pack and one unpack per batch, never JSON per
 event). Both ends read with hard bounds: a length prefix above the agreed cap is refused before
 a byte of the body is read, and unpacking refuses every extension type but one: BIGINT, an int
-beyond msgpack's 64 bits (a u64 hash past int64 is one, a 128-bit id another) as ASCII decimal
-text of bounded length. The host additionally checks
-the shape of every response (`check_response`): everything a worker sends is treated as hostile.
+beyond msgpack's 64 bits (a 128-bit id, say) as ASCII decimal text of bounded length. The host
+additionally checks the shape of every response (`check_response`): everything a worker sends
+is treated as hostile.
 
 Messages (host -> worker): {"op": "init", "config": {...}, "kind", "source"}, then batches in one
 of two input forms: rows {"op": "batch", "events": [{...}, ...]} or columns {"op": "batch",
