@@ -16,6 +16,7 @@ from primitives.batch import from_events, to_events
 from sandbox.isolation import launcher
 from sandbox.limits import Limits
 from sandbox.pool import SandboxPool
+from tests.stream.test_inputs_differential import _without_nulls
 
 BIG = 12345678901234567890
 SCALARS: list[Any] = [None, True, False, 0, -1, 2**53 + 1, 2**63 - 1, -(2**63), 2**63, 2**64, BIG, -BIG,
@@ -45,15 +46,6 @@ def events(rng: random.Random) -> list[dict[str, Any]]:
     mixed = rng.random() < 0.5
     return [{key: value(rng) if mixed else stable[key] for key in rng.sample(KEYS, rng.randint(1, len(KEYS)))}
             for _ in range(rng.randint(1, 25))]
-
-
-def _without_nulls(item: Any) -> Any:
-    """Arrow cannot tell a missing key from null: compare without them."""
-    if isinstance(item, dict):
-        return {k: _without_nulls(v) for k, v in item.items() if v is not None}
-    if isinstance(item, list):
-        return [_without_nulls(v) for v in item]
-    return item
 
 
 @pytest.fixture(scope="module")
