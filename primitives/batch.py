@@ -136,6 +136,21 @@ def concat(tables: list[pa.Table]) -> pa.Table:
         return from_events([row for table in tables for row in to_events(table)])
 
 
+def canonical(value: Any) -> Any:
+    """A JSON value in one spelling: an integral float as the int it equals, at any depth.
+
+    A batch unifies the ints and floats of one field to float64, so an event's 1 reads back as
+    1.0 when another event of its batch holds 1.5. Steps that compare or render values (group
+    keys, dedup templates) use this, so that 1 and 1.0 are one key however events were batched."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def _json_array(values: list[Any]) -> pa.Array:
     return pa.array(
         [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string()

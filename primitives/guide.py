@@ -46,7 +46,8 @@ steps:                         # in order; each step is a mapping with ONE kind 
 - Step ids default to the kind name (`filter`, then `filter_2`, ...); error messages and counters use them.
 - Durations: `250ms`, `60s`, `5m`, `1h`, `1d` (or a number of seconds).
 - Events are JSON objects. Between steps they are columnar batches: a field missing from an event
-  reads as NULL/None; a field whose type changes between events keeps each event's own value.
+  reads as NULL/None; a field whose type changes between events keeps each event's own value in
+  Python (and reads as text in SQL where a batch mixes types: see the SQL section).
 - Errors in agent code never stop a pipeline: the event goes to dead letters with the error and
   the snippet line; `test_pipeline` groups them by step and line.
 """

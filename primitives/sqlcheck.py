@@ -562,6 +562,12 @@ def describe_sql() -> str:
         "`req['path']`. Strings in single quotes: `'admin'`.",
         "- A field missing from an event is NULL. A condition that is NULL drops the event "
         "(`status >= 500` drops events without `status`); write `status IS NULL OR ...` to keep them.",
+        "- A field whose type varies between events (a number in some, text in others) has its own type "
+        "where the events of a batch agree, and is text where they do not: a string as it is, a number "
+        "or boolean as its JSON spelling (`0`, `true`). Compare such a field as text, which holds "
+        "either way: `CAST(user AS VARCHAR) = 'root'` (`user = 'root'` fails on a batch where every "
+        "`user` is a number). A field that mixes objects or lists with other values is JSON text: "
+        "read it with `->>`.",
         "- Allowed: literals, arithmetic, comparisons, `AND`/`OR`/`NOT`, `BETWEEN`, `IN (...)` lists, "
         "`IS [NOT] NULL`, `LIKE`/`ILIKE`/`GLOB`/`SIMILAR TO`, `CASE`, `CAST`/`TRY_CAST`/`::`, "
         "`->>`/`->` on JSON text, lambdas in list functions (`list_filter(tags, lambda t: t LIKE 'x%')`), "

@@ -5,16 +5,25 @@ locked, so even an expression that slipped past `sqlcheck` could not read a file
 extension or change a setting. DuckDB computes only the expression columns, over only the
 columns they reference; rows are then kept or columns set on the Arrow table itself, so every
 other column passes through untouched (types and field metadata included).
+
+A field whose values have different types in one batch is stored as JSON text (primitives.batch).
+SQL sees such a field, when it holds only scalars, as each value's own text: a string as it is,
+a number or boolean as its JSON spelling (`1`, `2.5`, `true`). As JSON text the string "root"
+would read '"root"', and `user = 'root'` would miss it whenever another event of its batch had
+a number there: an attacker could hide a login from a filter by sending `{"user": 0}` beside
+it. A field that mixes objects or lists with other values stays JSON text, for `->>`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
 
-from primitives.batch import with_columns
+from primitives.batch import canonical, is_json_field, with_columns
 from primitives.sqlcheck import referenced_columns, sql_quote
 
 LOCKED_CONFIG: dict[str, Any] = {
@@ -74,8 +83,8 @@ class SqlBatch:
     def columns(self, table: pa.Table, exprs: dict[str, str]) -> pa.Table:
         """A table of the expression results, one row per input row, in input order."""
         needed = sorted(set().union(*(referenced_columns(e) for e in exprs.values())))
-        source = with_columns(table, needed).select(needed) if needed else pa.table({"__row": pa.nulls(
-            table.num_rows, pa.bool_())})
+        source = sql_view(with_columns(table, needed).select(needed)) if needed else pa.table({
+            "__row": pa.nulls(table.num_rows, pa.bool_())})
         select = ", ".join(f"({expr}) AS {quote(name)}" for name, expr in exprs.items())
         return self.query(source, f"SELECT {select} FROM {BATCH}")
 
@@ -89,6 +98,20 @@ class SqlBatch:
                 raise SqlError(_clean(str(exc))) from None
             finally:
                 self._con.unregister(BATCH)
+
+
+def sql_view(table: pa.Table, keep: Iterable[str] = ()) -> pa.Table:
+    """`table` as SQL should see it: JSON-tagged fields of scalars as each value's own text (see
+    the module docstring); the fields in `keep` are left as they are."""
+    for index, field in enumerate(table.schema):
+        if field.name in keep or not is_json_field(field):
+            continue
+        values = [None if text is None else json.loads(text) for text in table.column(index).to_pylist()]
+        if any(isinstance(v, dict | list) for v in values):
+            continue  # objects or lists: JSON text, for ->> and the json functions
+        texts = [v if isinstance(v, str) or v is None else json.dumps(canonical(v)) for v in values]
+        table = table.set_column(index, pa.field(field.name, pa.string()), pa.array(texts, pa.string()))
+    return table
 
 
 def _clean(message: str) -> str:

@@ -4,10 +4,12 @@ Windows, watermark, lateness and the dead-letter reasons `late` and `no_time` ar
 primitives.windows. Each output row has `window_start` and `window_end` (RFC 3339 UTC text, like
 `2024-12-10T06:55:00Z`: it survives JSON, Parquet and code steps unchanged, renders as is in derive
 templates, sorts in time order, and DuckDB reads it with `window_start::TIMESTAMPTZ`), then the `by`
-fields, then one column per measure. Rows come out when their window closes, ordered by
-window_end, window_start, then the key (for tumbling and sliding windows that is window_start then
-key); `finish()` closes every open window. Events missing a `by` field are grouped under null, as
-in SQL. DuckDB's HUGEINT/DECIMAL results (sum of integers) are returned as int64, else float64.
+fields, then one column per measure. Rows come out when their window closes, ordered by window_end,
+window_start, then the key (for tumbling and sliding windows that is window_start then key);
+`finish()` closes every open window. Events missing a `by` field are grouped under null, as in SQL.
+Keys compare by JSON value, as in dedupe and session windows: 1 and 1.0 are one key (written 1), 1
+and "1" are two; so a key whose type changes between events groups the same however the events were
+batched. DuckDB's HUGEINT/DECIMAL results (sum of integers) are returned as int64, else float64.
 
 Only the columns the step needs (the `by` fields and those the measures reference) are buffered
 while a window is open, and each close runs one GROUP BY over everything that closed.
@@ -15,6 +17,7 @@ while a window is open, and each close runs one GROUP BY over everything that cl
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -23,13 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import from_events, to_events, with_columns
+from primitives.batch import canonical, from_events, is_json_field, to_events, with_columns
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros, format_time
 from primitives.registry import step
 from primitives.runtime import BuildContext, DeadLetter, StepResult
 from primitives.sqlcheck import check_expression, referenced_columns
-from primitives.sqlexec import SqlBatch, SqlError, quote
+from primitives.sqlexec import SqlBatch, SqlError, quote, sql_view
 from primitives.windows import (
     FixedWindows,
     SessionWindow,
@@ -240,6 +243,7 @@ class AggregateRuntime:
     def _aggregate(self, closed: pa.Table, extra: list[str]) -> StepResult:
         if closed.num_rows == 0:
             return StepResult()
+        closed = sql_view(_canonical_keys(closed, self.options.by), keep=self.options.by)
         groups = [quote(name) for name in ["__lb_start", "__lb_end", *self.options.by, *extra]]
         measures = [f"{expr} AS {quote(name)}" for name, expr in self.options.measures.items()]
         order = [groups[1], groups[0], *groups[2:]]
@@ -267,6 +271,39 @@ class AggregateRuntime:
             tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
             fields.append(pa.field(name, column.type, metadata=_JSON_TAG if tagged else None))
         return pa.table(list(columns.values()), schema=pa.schema(fields))
+
+
+def _canonical_keys(table: pa.Table, by: list[str]) -> pa.Table:
+    """`by` columns in which one key could be spelled two ways rewritten to one spelling per key.
+
+    A float column (ints and floats of one field unify to float64) and JSON-tagged text (a field
+    of mixed types) can hold 1 as 1.0, or as "1" in one batch and "1.0" in another; which one
+    depends on what else was in the batch. Each value becomes its canonical form (an integral
+    number an int), decided per value, never by the rest of the column: all ints then stay an
+    int64 column, anything mixed becomes JSON-tagged text. Plain text, int and bool columns are
+    already canonical and are left as they are."""
+    for name in by:
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        field = table.schema.field(index)
+        if is_json_field(field):
+            texts = table.column(index).to_pylist()
+            values = [None if v is None else canonical(json.loads(v)) for v in texts]
+        elif pa.types.is_floating(field.type):
+            values = [canonical(v) for v in table.column(index).to_pylist()]
+        else:
+            continue
+        kinds = {type(v) for v in values if v is not None}
+        if kinds <= {int} and all(v is None or -(2**63) <= v < 2**63 for v in values):
+            array, tagged = pa.array(values, pa.int64()), False
+        else:
+            spelled = [None if v is None else json.dumps(v, sort_keys=True, ensure_ascii=False)
+                       for v in values]
+            array, tagged = pa.array(spelled, pa.string()), True
+        field = pa.field(name, array.type, metadata=_JSON_TAG if tagged else None)
+        table = table.set_column(index, field, array)
+    return table
 
 
 def _attach(part: pa.Table, rows: pa.Array, name: str, values: pa.Array) -> pa.Table:

@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import to_events, with_columns
+from primitives.batch import canonical, to_events, with_columns
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros
 from primitives.registry import step
@@ -110,7 +110,8 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return json.dumps(value, sort_keys=True, default=str)  # true/false, numbers, JSON for the rest
+    # true/false, numbers (1.0 as 1: see primitives.batch.canonical), JSON for the rest
+    return json.dumps(canonical(value), sort_keys=True, default=str)
 
 
 @step(

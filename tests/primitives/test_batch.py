@@ -110,3 +110,18 @@ def test_text_that_is_not_valid_unicode_is_refused_by_name() -> None:
         from_events([{"a": "fine"}, {"b": {"c": ["ok", "\udc80"]}}])
     with pytest.raises(EventError, match=r"a key in event 0 holds text .*U\+D800"):
         from_events([{"\ud800": 1}])
+
+
+def test_sql_sees_a_mixed_field_of_scalars_as_each_values_own_text() -> None:
+    """`user = 'root'` must not miss a root login because another event of its batch had a number
+    there (as JSON text the string would read '"root"'): a filter an attacker could evade."""
+    sql = SqlBatch()
+    mixed = from_events([{"user": "root"}, {"user": 0}, {"user": True}, {"user": 2.5}, {}])
+    assert is_json_field(mixed.schema.field("user"))
+    kept = sql.filter(mixed, "user = 'root'")
+    assert to_events(kept) == [{"user": "root"}]
+    texts = sql.columns(mixed, {"t": "CAST(user AS VARCHAR)"})["t"].to_pylist()
+    assert texts == ["root", "0", "true", "2.5", None]
+    # objects next to other values stay JSON text, for ->>
+    nested = from_events([{"ctx": {"a": 1}}, {"ctx": "plain"}])
+    assert sql.columns(nested, {"a": "ctx->>'a'"})["a"].to_pylist() == ["1", None]

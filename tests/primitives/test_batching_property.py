@@ -20,7 +20,7 @@ BASE = 1_700_000_000
 
 PIPELINES = {
     "dedupe": """
-  - filter: "status >= 400 OR host = 'a'"
+  - filter: "status >= 400 OR CAST(host AS VARCHAR) = 'a'"
   - dedupe:
       by: [host, status]
       within: 20s
@@ -57,12 +57,19 @@ PIPELINES = {
 }
 
 
-def stream(rng: random.Random) -> list[dict[str, Any]]:
+# A key whose type changes between events: which of them share a batch decides how the field is
+# stored (an int column, text, or JSON-tagged text when "a" and 1 meet). Floats are left out: a
+# batch stores an int beside a float as a float, and SQL then reads 1 as 1.0 (see the guide).
+DRIFTING_HOSTS: list[Any] = ["a", "b", 1, 2, "1", True]
+
+
+def stream(rng: random.Random, drift: bool) -> list[dict[str, Any]]:
     events, now = [], BASE
     for _ in range(rng.randint(1, 80)):
         now += rng.choice([0, 1, 2, 4, 7])
         t = now - (rng.randint(5, 80) if rng.random() < 0.15 else 0)
-        events.append({"ts": t, "host": rng.choice("abc"), "status": rng.choice([200, 200, 404, 500, 503]),
+        host = rng.choice(DRIFTING_HOSTS) if drift else rng.choice("abc")
+        events.append({"ts": t, "host": host, "status": rng.choice([200, 200, 404, 500, 503]),
                        "ms": rng.randint(1, 900)})
     return events
 
@@ -81,12 +88,13 @@ def outcome(run: PipelineRun) -> tuple[Counter[str], dict[str, Any], Counter[str
     return outputs, run.signals, dead
 
 
+@pytest.mark.parametrize("drift", [False, True], ids=["steady key", "drifting key"])
 @pytest.mark.parametrize("name", list(PIPELINES))
 @pytest.mark.parametrize("seed", range(15))
-def test_outcome_does_not_depend_on_batching(name: str, seed: int) -> None:
-    rng = random.Random(f"{name}/{seed}")
+def test_outcome_does_not_depend_on_batching(name: str, seed: int, drift: bool) -> None:
+    rng = random.Random(f"{name}/{seed}/{drift}")
     spec = load_spec(f"name: batching\nsource: s\ntime: ts\nsteps:{PIPELINES[name]}")
-    events = stream(rng)
+    events = stream(rng, drift)
     expected = outcome(run_pipeline(spec, [events], None))
     for pieces in (2, rng.randint(3, 10), len(events)):
         assert outcome(run_pipeline(spec, cut(rng, events, pieces), None)) == expected, pieces
