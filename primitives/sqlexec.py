@@ -23,7 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from primitives.batch import canonical, is_json_field, with_columns
+from primitives.batch import is_json_field, with_columns
+from primitives.parsers.common import scalar_text
 from primitives.sqlcheck import referenced_columns, sql_quote
 
 LOCKED_CONFIG: dict[str, Any] = {
@@ -109,7 +110,7 @@ def sql_view(table: pa.Table, keep: Iterable[str] = ()) -> pa.Table:
         values = [None if text is None else json.loads(text) for text in table.column(index).to_pylist()]
         if any(isinstance(v, dict | list) for v in values):
             continue  # objects or lists: JSON text, for ->> and the json functions
-        texts = [v if isinstance(v, str) or v is None else json.dumps(canonical(v)) for v in values]
+        texts = [scalar_text(v) for v in values]  # as parse and enrich read such a field
         table = table.set_column(index, pa.field(field.name, pa.string()), pa.array(texts, pa.string()))
     return table
 

@@ -77,11 +77,12 @@ def text_column(table: pa.Table, name: str, *, nested_as_json: bool = False) -> 
     if field_.metadata and field_.metadata.get(JSON_TAG):
         values = [event.get(name) for event in to_events(table.select([name]))]
         return pa.array([json.dumps(value) if nested_as_json and isinstance(value, dict | list)
-                         else _scalar_text(value) for value in values], pa.string())
+                         else scalar_text(value) for value in values], pa.string())
     return as_strings(table.column(name))
 
 
-def _scalar_text(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
+    """A scalar's own text (strings as they are, 2.0 as "2", true as "true"); None otherwise."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
