@@ -47,6 +47,15 @@ PIPELINES = {
       dedup: "{host}"
       suppress: 45s
 """,
+    "session aggregate": """
+  - aggregate:
+      window: {gap: 15s}
+      by: [host]
+      lateness: 10s
+      measures:
+        events: "count(*)"
+        slowest: "max(ms)"
+""",
     "derive over events": """
   - derive:
       when: "status >= 500"
