@@ -10,7 +10,9 @@ Declarative form, applied in this order — `set`, then `rename`, then `drop`, t
 
 - `set`: each field gets the value of a DuckDB scalar expression. All expressions read the event
   as it came in (they do not see each other's results); a field that no event has reads as NULL.
-- `rename`: `{old: new}`; a missing `old` is skipped; a `new` that exists is replaced.
+- `rename`: `{old: new}`, per event: where the event has `old`, `new` gets its value (an existing
+  `new` is replaced) and `old` is gone; where it has no `old` (or null), `new` keeps what it had.
+  All renames happen at once, so `{a: b, b: a}` swaps.
 - `drop`: fields to remove; missing ones are skipped.
 - `keep`: if given, only these fields remain (missing ones are not created).
 
@@ -30,9 +32,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from primitives.batch import from_events, with_columns
+from primitives.batch import JSON_TAG, column_array, from_events, to_events, with_columns
 from primitives.registry import step
 from primitives.runtime import BuildContext, CodeRunner, StepResult
 from primitives.sqlcheck import check_expression, referenced_columns
@@ -129,13 +132,42 @@ class SqlTransform:
 
 
 def _rename(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
+    """Rename per event (see the module docstring). Decided per row, not per column: whether an
+    event keeps its own `new` must not depend on whether another event of its batch had `old`."""
     present = {old: new for old, new in mapping.items() if old in table.column_names}
     if not present:
         return table
-    # a target that already exists (and is not itself renamed away) is replaced
-    doomed = [n for n in present.values() if n in table.column_names and n not in present]
-    table = table.drop_columns(doomed)
-    return table.rename_columns([present.get(name, name) for name in table.column_names])
+    moved: dict[str, tuple[pa.Field, pa.ChunkedArray]] = {}
+    for old, new in present.items():
+        source = table.column(old)
+        if new in table.column_names and new not in present:  # an event without `old` keeps its `new`
+            moved[new] = _fill(table, old, new)
+        else:
+            moved[new] = (table.schema.field(old).with_name(new), source)
+    fields, columns = [], []
+    for name in table.column_names:  # each renamed field where `old` was; a filled `new` moves there
+        if name in present:
+            field, column = moved[present[name]]
+        elif name in moved:
+            continue
+        else:
+            field, column = table.schema.field(name), table.column(name)
+        fields.append(field)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _fill(table: pa.Table, old: str, new: str) -> tuple[pa.Field, pa.ChunkedArray]:
+    """Field `new`: `old`'s value where the event has one, else `new`'s own."""
+    source, target = table.schema.field(old), table.schema.field(new)
+    if source.type == target.type and source.metadata == target.metadata:
+        merged = pc.if_else(pc.is_valid(table.column(old)), table.column(old), table.column(new))
+        return source.with_name(new), pa.chunked_array([merged]) if isinstance(merged, pa.Array) else merged
+    if pa.types.is_null(source.type):
+        return target, table.column(new)
+    rows = to_events(table.select([old, new]))
+    array, tagged = column_array([row[new] if row[old] is None else row[old] for row in rows])
+    return pa.field(new, array.type, metadata=JSON_TAG if tagged else None), pa.chunked_array([array])
 
 
 class CodeTransform:
