@@ -83,6 +83,8 @@ def _from_events(events: list[dict[str, Any]]) -> pa.Table:
     if not events:
         return pa.table({})
     names = list(dict.fromkeys(key for event in events for key in event))
+    if not names:
+        return rows_only(len(events))
     if len(names) == len(events[0]) and list(events[0]) == names:
         # Every key is in the first event: Arrow's own row conversion sees them all.
         try:
@@ -123,6 +125,31 @@ def with_columns(table: pa.Table, names: Iterable[str]) -> pa.Table:
     return table
 
 
+# Events without fields (`{}`, or after `keep` dropped every field) are rows of a table without
+# columns. Arrow keeps such tables, but its slice does not clamp to their length (slice(0, 65536)
+# of 3 rows gives 65,536 rows), and take and concat_tables drop their rows: use these helpers.
+
+def rows_only(rows: int) -> pa.Table:
+    """A table of `rows` events without fields."""
+    return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
+
+
+def slice_rows(table: pa.Table, start: int, length: int | None = None) -> pa.Table:
+    """`table.slice`, also right for a table without columns."""
+    if table.num_columns:
+        return table.slice(start, length)
+    start = min(max(start, 0), table.num_rows)
+    end = table.num_rows if length is None else min(table.num_rows, start + max(length, 0))
+    return rows_only(end - start)
+
+
+def take_rows(table: pa.Table, indices: list[int]) -> pa.Table:
+    """`table.take(indices)`, also right for a table without columns (Arrow's gives no rows)."""
+    if table.num_columns:
+        return table.take(pa.array(indices, pa.int64()))
+    return rows_only(len(indices))
+
+
 def concat(tables: list[pa.Table]) -> pa.Table:
     """Concatenate batches whose schemas differ; conflicting columns fall back to JSON text."""
     tables = [t for t in tables if t.num_columns or t.num_rows]
@@ -130,6 +157,8 @@ def concat(tables: list[pa.Table]) -> pa.Table:
         return pa.table({})
     if len(tables) == 1:
         return tables[0]
+    if not any(t.num_columns for t in tables):
+        return rows_only(sum(t.num_rows for t in tables))
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError):

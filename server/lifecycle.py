@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from primitives.batch import EventError, is_json_field, to_events
+from primitives.batch import EventError, is_json_field, slice_rows, to_events
 from primitives.diagnostics import Diagnostic
 from primitives.eventtime import format_time, micros_of
 from primitives.spec import load_spec
@@ -199,7 +199,7 @@ class Lifecycle:
                                      hint="cast explicitly, e.g. TRY_CAST(x AS INTEGER)")
                 raise LifecycleError("invalid_where", f"the `where` expression failed: {exc}",
                                      [problem]) from None
-        table = table.slice(max(0, table.num_rows - limit))
+        table = slice_rows(table, max(0, table.num_rows - limit))
         offsets = table.column(OFFSET).to_pylist()
         return {"stream": stream, "scanned": scanned, "matched_shown": table.num_rows,
                 "events": to_events(table.drop_columns([OFFSET])), "offsets": offsets}

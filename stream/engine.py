@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 import primitives.steps  # noqa: F401 - registers every step kind
-from primitives.batch import to_events
+from primitives.batch import slice_rows, to_events
 from primitives.registry import STEPS
 from primitives.runtime import (
     BuildContext,
@@ -116,7 +116,7 @@ class Taps:
             if not waiting or not table.num_rows:
                 return
             need = max(tap.limit - len(tap.events) for tap in waiting)
-            rows = to_events(table.slice(0, need))
+            rows = to_events(slice_rows(table, 0, need))
             for tap in list(waiting):
                 tap.events.extend(rows[: tap.limit - len(tap.events)])
                 if len(tap.events) >= tap.limit:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from primitives.batch import from_events
+from primitives.batch import concat, from_events, slice_rows
 from primitives.runtime import DeadLetter
 
 Format = Literal["ndjson", "lines"]
@@ -78,7 +78,7 @@ def read_events(
                 if remaining <= 0:
                     return
                 if batch.table.num_rows > remaining:
-                    batch.table = batch.table.slice(0, remaining)
+                    batch.table = slice_rows(batch.table, 0, remaining)
                 remaining -= batch.table.num_rows
             yield batch
 
@@ -90,7 +90,7 @@ def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
     for batch in read_events(source, fmt, limit=limit):
         tables.append(batch.table)
         dead.extend(batch.dead_letters)
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    table = concat(tables)
     return InputBatch(table, dead)
 
 
@@ -155,7 +155,7 @@ def _line_groups(body: bytes, first_line: int, batch_size: int) -> Iterator[tupl
 def _slices(table: pa.Table, first_line: int, batch_size: int) -> Iterator[InputBatch]:
     """Batches of a chunk read in one go, where row i is line first_line + i."""
     for start in range(0, table.num_rows, batch_size):
-        yield InputBatch(table.slice(start, batch_size), [], first_line + start)
+        yield InputBatch(slice_rows(table, start, batch_size), [], first_line + start)
 
 
 def _lines_chunk(body: bytes, first_line: int, batch_size: int, _endings: int) -> Iterator[InputBatch]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 
-from primitives.batch import from_events, to_events
+from primitives.batch import from_events, slice_rows, to_events
 from primitives.runtime import CodeError, CodeResult, DeadLetter
 from primitives.signals import latest_signals
 from stream.engine import BatchOutput, Engine, sandbox_code_runner
@@ -183,7 +183,7 @@ def _fold(report: TrialReport, total: BatchOutput, part: BatchOutput) -> None:
         report.output_count += table.num_rows
         room = MAX_OUTPUTS - len(report.outputs)
         if room > 0:
-            report.outputs.extend(to_events(table.slice(0, room)))
+            report.outputs.extend(to_events(slice_rows(table, 0, room)))
     total.signals.extend(part.signals)
     total.code_errors.extend(part.code_errors)
     total.logs.extend(part.logs[: max(0, 100 - len(total.logs))])

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import canonical, from_events, is_json_field, to_events, with_columns
+from primitives.batch import canonical, from_events, is_json_field, take_rows, to_events, with_columns
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros, format_time
 from primitives.registry import step
@@ -201,7 +201,7 @@ class AggregateRuntime:
             "no_time": f"event has no usable time in field {self.time_field!r} "
             "(ISO 8601 text, epoch number or timestamp)",
         }
-        events = to_events(batch.take(pa.array([i for i, _ in rows], pa.int64())))
+        events = to_events(take_rows(batch, [i for i, _ in rows]))
         return [
             DeadLetter(step=self.ctx.step_id, reason=reason, message=messages[reason], event=event)
             for (_, reason), event in zip(rows, events, strict=True)

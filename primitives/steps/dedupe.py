@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import to_events, with_columns
+from primitives.batch import take_rows, to_events, with_columns
 from primitives.durations import Duration
 from primitives.eventtime import event_micros
 from primitives.registry import step
@@ -94,7 +94,7 @@ class DedupeRuntime:
         result = StepResult(events=batch.filter(pa.array(keep, pa.bool_())), errors=len(no_time))
         if no_time:
             message = f"event has no usable time in field {self.time_field!r}; dedupe works on event time"
-            events = to_events(batch.take(pa.array(no_time, pa.int64())))
+            events = to_events(take_rows(batch, no_time))
             result.dead_letters = [DeadLetter(self.ctx.step_id, "no_time", message, e) for e in events]
         return result
 

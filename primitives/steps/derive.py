@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import canonical, to_events, with_columns
+from primitives.batch import canonical, take_rows, to_events, with_columns
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros
 from primitives.registry import step
@@ -266,7 +266,7 @@ class DeriveRuntime:
         numbered = numbered.append_column("__lb_row", pa.array(range(batch.num_rows), pa.int64()))
         kept = self.sql.filter(numbered, self.options.when)
         indices = kept.column("__lb_row").to_pylist()
-        rows = to_events(batch.take(pa.array(indices, pa.int64())))
+        rows = to_events(take_rows(batch, indices))
         missing: set[str] = set()
         found: dict[int, list[Match]] = {}
         for index, row in zip(indices, rows, strict=True):

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from primitives.batch import to_events, with_columns
+from primitives.batch import take_rows, to_events, with_columns
 from primitives.registry import step
 from primitives.runtime import BuildContext, CodeError, CodeRunner, DeadLetter, StepResult
 from primitives.sqlcheck import check_expression, referenced_columns
@@ -127,7 +127,7 @@ def code_dead_letters(step_id: str, entrypoint: str, errors: list[CodeError],
     """
     if isinstance(events, pa.Table):
         failed = sorted({e.index for e in errors if 0 <= e.index < events.num_rows})
-        rows = to_events(events.take(pa.array(failed, pa.int64()))) if failed else []
+        rows = to_events(take_rows(events, failed)) if failed else []
         by_index = dict(zip(failed, rows, strict=True))
         events = [by_index.get(i, {}) for i in range(events.num_rows)] if failed else []
     for error in errors:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from primitives.batch import to_events
+from primitives.batch import take_rows, to_events
 from primitives.parsers import FORMATS, Parsed
 from primitives.parsers.clf import parse_clf
 from primitives.parsers.common import merge_parsed, text_column
@@ -182,4 +182,4 @@ def _expand(table: pa.Table, repeat: pa.Array) -> pa.Table:
     counts: list[Any] = repeat.to_pylist()
     if all(count == 1 for count in counts):
         return table
-    return table.take(pa.array([i for i, count in enumerate(counts) for _ in range(count or 1)], pa.int64()))
+    return take_rows(table, [i for i, count in enumerate(counts) for _ in range(count or 1)])

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from primitives.batch import to_events
+from primitives.batch import take_rows, to_events
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros
 from primitives.registry import step
@@ -129,7 +129,7 @@ class RuleRuntime:
         picked = sorted(
             failed | {i for i, v in enumerate(outcome.values[:rows]) if v is not None and not clean_miss[i]}
         )
-        events = dict(zip(picked, to_events(batch.take(pa.array(picked, pa.int64()))), strict=True))
+        events = dict(zip(picked, to_events(take_rows(batch, picked)), strict=True))
         dead = [
             (e.index, DeadLetter(self.ctx.step_id, e.reason, e.message, events.get(e.index), e.line))
             for e in outcome.errors

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from primitives.batch import concat
 from primitives.runtime import DeadLetter
 from stream.log.codec import encode_table, time_bounds
 from stream.log.db import TenantDB
@@ -286,7 +287,7 @@ class EmbeddedLog:
             return pa.table({}), next_offset
         if len(tables) == 1:
             return tables[0], next_offset
-        return pa.concat_tables(tables, promote_options="permissive"), next_offset
+        return concat(tables), next_offset
 
     def read_batches(self, tenant: str, stream: str, from_offset: int,
                      max_events: int = 10_000) -> list[StoredBatch]:

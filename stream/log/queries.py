@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 
+from primitives.batch import slice_rows
 from primitives.runtime import DeadLetter
 from stream.log.codec import decode_table
 from stream.log.errors import IdempotencyConflict, InvalidName, UnknownStream
@@ -33,7 +34,7 @@ def slices(cursor: sqlite3.Cursor, from_offset: int, max_events: int) -> Iterato
         skip = max(0, from_offset - first)
         take = min(count - skip, remaining)
         if skip or take < count:
-            table = table.slice(skip, take)
+            table = slice_rows(table, skip, take)
         yield StoredBatch(first + skip, appended_at, table)
         remaining -= take
         if remaining <= 0:
