@@ -6,14 +6,16 @@ so a key that repeats without pause is forwarded once per `within`, never suppre
 Keys compare by JSON value: 1 and 1.0 are the same key, 1 and "1" are not; a missing field is
 null. Events without a usable time go to the dead letters with reason `no_time`.
 
-State is bounded: a key is forgotten once the newest event time seen is 2 x `within` past its last
-forwarded event. Judged event by event in arrival order, so the outcome does not depend on
+An event that arrives out of order is judged against the forwards of its key on both sides of
+it, not only the latest. State is bounded: a forward is forgotten once the newest event time seen
+is 2 x `within` past it. Judged event by event in arrival order, so the outcome does not depend on
 batching; only an event that arrives more than `within` behind the newest one can meet a
-forgotten key, and is then forwarded.
+forgotten forward, and is then forwarded.
 """
 
 from __future__ import annotations
 
+import bisect
 from datetime import timedelta
 from typing import Any
 
@@ -76,7 +78,10 @@ class DedupeRuntime:
         self.by, self.within, self.ctx = options.by, micros(options.within), ctx
         self.time_field = ctx.time_field or DEFAULT_TIME_FIELD
         self.newest: int | None = None
-        self.forwarded: dict[tuple[Any, ...], int] = {}  # key -> event time of its last forward
+        # key -> event times of its forwards still within reach, sorted. Not just the latest: an
+        # event that arrives out of order must be judged against the forward nearest to it. Forwards
+        # of one key are `within` apart, so a key holds about 2 x `within` / `within` of them.
+        self.forwarded: dict[tuple[Any, ...], list[int]] = {}
 
     def process(self, batch: pa.Table) -> StepResult:
         times = event_micros(batch, self.time_field).to_pylist()
@@ -102,17 +107,23 @@ class DedupeRuntime:
         return StepResult()
 
     def _judge(self, key: tuple[Any, ...], time: int) -> bool:
-        last = self.forwarded.get(key)
-        if last is not None and self.newest is not None and last <= self.newest - 2 * self.within:
-            last = None  # forgotten (expired lazily so that batching cannot matter)
-        if last is not None and abs(time - last) < self.within:
+        times = self.forwarded.setdefault(key, [])
+        if self.newest is not None:  # forgotten forwards (expired lazily so that batching cannot matter)
+            del times[: bisect.bisect_right(times, self.newest - 2 * self.within)]
+        at = bisect.bisect_left(times, time)  # the forwards just before and after this event
+        before_near = at > 0 and time - times[at - 1] < self.within
+        after_near = at < len(times) and times[at] - time < self.within
+        if before_near or after_near:
             return False
-        self.forwarded[key] = time if last is None else max(last, time)
+        times.insert(at, time)
         return True
 
     def _expire(self) -> None:
         if self.newest is None:
             return
         horizon = self.newest - 2 * self.within
-        for key in [k for k, last in self.forwarded.items() if last <= horizon]:
-            del self.forwarded[key]
+        for key in list(self.forwarded):
+            times = self.forwarded[key]
+            del times[: bisect.bisect_right(times, horizon)]
+            if not times:
+                del self.forwarded[key]
