@@ -26,7 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from primitives.batch import canonical, from_events, is_json_field, take_rows, to_events, with_columns
+from primitives.batch import (
+    canonical,
+    concat,
+    from_events,
+    is_json_field,
+    take_rows,
+    to_events,
+    with_columns,
+)
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros, format_time
 from primitives.registry import step
@@ -243,7 +251,14 @@ class AggregateRuntime:
     def _aggregate(self, closed: pa.Table, extra: list[str]) -> StepResult:
         if closed.num_rows == 0:
             return StepResult()
-        closed = sql_view(_canonical_keys(closed, self.options.by), keep=self.options.by)
+        try:
+            return StepResult(events=self._run(closed, extra))
+        except SqlError:  # a measure that fails on some values (sum over text, say)
+            return self._isolate(closed, extra)
+
+    def _run(self, table: pa.Table, extra: list[str]) -> pa.Table:
+        """One GROUP BY over `table`: the output rows. Raises SqlError."""
+        table = sql_view(_canonical_keys(table, self.options.by), keep=self.options.by)
         groups = [quote(name) for name in ["__lb_start", "__lb_end", *self.options.by, *extra]]
         measures = [f"{expr} AS {quote(name)}" for name, expr in self.options.measures.items()]
         order = [groups[1], groups[0], *groups[2:]]
@@ -251,13 +266,60 @@ class AggregateRuntime:
             f"SELECT {', '.join(groups + measures)} FROM batch "
             f"GROUP BY {', '.join(groups)} ORDER BY {', '.join(order)}"
         )
-        try:
-            out = self.sql.query(closed, sql)
-        except SqlError as error:  # a measure that fails on these values (sum over text)
-            message = f"aggregate failed for {closed.num_rows} buffered events: {error}"
-            dead = DeadLetter(step=self.ctx.step_id, reason="error", message=message)
-            return StepResult(dead_letters=[dead], errors=closed.num_rows)
-        return StepResult(events=self._shape(out, closed.schema))
+        return self._shape(self.sql.query(table, sql), table.schema)
+
+    def _isolate(self, closed: pa.Table, extra: list[str]) -> StepResult:
+        """A measure failed on the closing windows. One hostile event (`"bytes": "x"`) must not
+        cost every window and key its row, or the alerts derived from them: each window and key is
+        computed on its own; in one that still fails, the events it fails on are found by halving,
+        go to the dead letters, and the row is computed over the rest."""
+        names = ["__lb_start", "__lb_end", *self.options.by, *extra]
+        members: dict[tuple[Any, ...], list[int]] = {}
+        groups = to_events(closed.select(names))
+        for index, row in enumerate(groups):
+            members.setdefault(group_key([row.get(name) for name in names]), []).append(index)
+        outputs: list[pa.Table] = []
+        dead: list[DeadLetter] = []
+        # in window order, as rows come out of the single GROUP BY
+        ordered = sorted(members.values(),
+                         key=lambda member: (groups[member[0]]["__lb_end"], groups[member[0]]["__lb_start"]))
+        for indices in ordered:
+            rows, letters = self._without_failing(_reunified(take_rows(closed, indices)), extra)
+            dead.extend(letters)
+            if rows is not None:
+                outputs.append(rows)
+        return StepResult(events=concat(outputs) if outputs else None, dead_letters=dead, errors=len(dead))
+
+    def _without_failing(self, part: pa.Table, extra: list[str]) -> tuple[pa.Table | None, list[DeadLetter]]:
+        """The row of one window and key over its events that the measures do not fail on, and
+        a dead letter for each event they fail on."""
+        failing: dict[int, str] = {}
+
+        def search(indices: list[int]) -> None:
+            try:
+                self._run(_reunified(take_rows(part, indices)), extra)
+            except SqlError as error:
+                if len(indices) == 1:
+                    failing[indices[0]] = str(error)
+                else:
+                    search(indices[: len(indices) // 2])
+                    search(indices[len(indices) // 2 :])
+
+        search(list(range(part.num_rows)))
+        rest = [i for i in range(part.num_rows) if i not in failing]
+        if rest:
+            try:
+                return self._run(_reunified(take_rows(part, rest)), extra), self._letters(part, failing)
+            except SqlError as error:  # only the combination fails: the whole window and key
+                failing.update({i: str(error) for i in rest})
+        return None, self._letters(part, failing)
+
+    def _letters(self, part: pa.Table, failing: dict[int, str]) -> list[DeadLetter]:
+        events = to_events(take_rows(part, sorted(failing)))
+        return [DeadLetter(step=self.ctx.step_id, reason="error",
+                           message=f"an aggregate measure fails on this event: {failing[index]}",
+                           event={k: v for k, v in event.items() if not k.startswith("__lb_")})
+                for index, event in zip(sorted(failing), events, strict=True)]
 
     def _shape(self, out: pa.Table, schema: pa.Schema) -> pa.Table:
         columns: dict[str, pa.Array] = {
@@ -271,6 +333,12 @@ class AggregateRuntime:
             tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
             fields.append(pa.field(name, column.type, metadata=_JSON_TAG if tagged else None))
         return pa.table(list(columns.values()), schema=pa.schema(fields))
+
+
+def _reunified(table: pa.Table) -> pa.Table:
+    """`table` with each column's type decided again from its own values (a part of a mixed
+    column may be all numbers)."""
+    return from_events(to_events(table))
 
 
 def _canonical_keys(table: pa.Table, by: list[str]) -> pa.Table:

@@ -203,3 +203,19 @@ def test_json_tagged_key_column_next_to_plain_text_in_another_batch_is_not_misre
     runtime.process(from_events([ev(3, "7"), ev(4, "8")]))  # plain text: "7" must stay a string
     out = rows(runtime.finish())
     assert sorted((repr(r["host"]), r["n"]) for r in out) == [("'7'", 2), ("'8'", 1), ("1", 1)]
+
+
+def test_one_event_a_measure_fails_on_costs_only_that_event() -> None:
+    """`"bytes": "x"` in one event used to fail the whole GROUP BY: every window and key closing
+    with it lost its row, and the alerts derived from those rows. A hostile sender could hide a
+    burst that way. Now that event alone goes to the dead letters."""
+    runtime = make(measures={"n": "count(*)", "total": "sum(bytes)"})
+    events = [ev(1, "a", bytes=10), ev(2, "b", bytes=5), ev(3, "a", bytes="x"), ev(4, "a", bytes=1),
+              ev(61, "a", bytes=2)]
+    out, results = run(runtime, events)
+    assert [(r["window_start"][-9:], r["host"], r["n"], r["total"]) for r in out] == [
+        ("00:00:00Z", "a", 2, 11), ("00:00:00Z", "b", 1, 5), ("00:01:00Z", "a", 1, 2)]
+    dead = [d for result in results for d in result.dead_letters]
+    assert [(d.reason, d.event) for d in dead] == [("error", {"host": "a", "bytes": "x"})]
+    assert "aggregate measure fails on this event" in dead[0].message
+    assert sum(result.errors for result in results) == 1
