@@ -165,6 +165,18 @@ def concat(tables: list[pa.Table]) -> pa.Table:
         return from_events([row for table in tables for row in to_events(table)])
 
 
+def retyped(table: pa.Table) -> pa.Table:
+    """`table` with its JSON-tagged columns typed again from their own values: a part of a batch
+    may hold only numbers in a field that was mixed in the whole."""
+    for index, field in enumerate(table.schema):
+        if is_json_field(field):
+            texts = table.column(index).to_pylist()
+            array, tagged = column_array([None if text is None else json.loads(text) for text in texts])
+            retagged = pa.field(field.name, array.type, metadata=JSON_TAG if tagged else None)
+            table = table.set_column(index, retagged, array)
+    return table
+
+
 def canonical(value: Any) -> Any:
     """A JSON value in one spelling: an integral float as the int it equals, at any depth.
 

@@ -95,6 +95,11 @@ class BuildContext:
 
 
 class StepRuntime(Protocol):
+    """A step's runtime. One that may raise on a batch as a whole (a SQL expression that cannot
+    hold for one event's value) and that changes no state when it raises sets the class attribute
+    `isolatable = True`: the engine then re-runs it on halves of the batch, so that only the
+    events it fails on go to the dead letters (see stream.engine.Engine._guarded)."""
+
     def process(self, batch: pa.Table) -> StepResult:
         """Consume one batch; emit what is ready (stateless steps: everything)."""
         ...

@@ -180,6 +180,10 @@ class DeriveOptions(BaseModel):
 
 
 class DeriveRuntime:
+    # The rows are matched (SQL or code) before the alert book changes: a process() that raises has
+    # changed nothing (see primitives.runtime.StepRuntime).
+    isolatable = True
+
     def __init__(self, options: DeriveOptions, ctx: BuildContext) -> None:
         if options.code is not None and ctx.run_code is None:
             raise ValueError(f"step {ctx.step_id!r}: derive code needs the engine's code runner")

@@ -114,6 +114,8 @@ def load_table(options: EnrichOptions, base_dir: str, step_id: str) -> pa.Table:
 class EnrichRuntime:
     """Holds the table and a key index; stateless across batches."""
 
+    isolatable = True  # see primitives.runtime.StepRuntime
+
     def __init__(self, options: EnrichOptions, table: pa.Table) -> None:
         self.options = options
         self.event_keys = list(options.keys)

@@ -83,6 +83,8 @@ class FilterOptions(BaseModel):
 class SqlFilter:
     """Stateless; one DuckDB connection for the life of the step."""
 
+    isolatable = True  # see primitives.runtime.StepRuntime
+
     def __init__(self, expr: str) -> None:
         self.expr = expr
         self.columns = sorted(referenced_columns(expr))

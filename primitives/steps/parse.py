@@ -114,6 +114,8 @@ class ParseOptions(BaseModel):
 class ParseRuntime:
     """Stateless: each batch is parsed on its own."""
 
+    isolatable = True  # see primitives.runtime.StepRuntime
+
     def __init__(self, options: ParseOptions, ctx: BuildContext) -> None:
         self.options = options
         self.step_id = ctx.step_id

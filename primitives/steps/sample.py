@@ -51,6 +51,8 @@ class SampleOptions(BaseModel):
 
 
 class SampleRuntime:
+    isolatable = True  # stateless; see primitives.runtime.StepRuntime
+
     def __init__(self, options: SampleOptions) -> None:
         self.by = options.by
         self.threshold = int(options.rate * SCALE)

@@ -106,6 +106,8 @@ class TransformOptions(BaseModel):
 
 
 class SqlTransform:
+    isolatable = True  # stateless; see primitives.runtime.StepRuntime
+
     def __init__(self, options: TransformOptions) -> None:
         self.options = options
         self.inputs = sorted(set().union(*(referenced_columns(e) for e in options.set.values())))
