@@ -31,6 +31,7 @@ from primitives.batch import (
     concat,
     from_events,
     is_json_field,
+    retyped,
     take_rows,
     to_events,
     with_columns,
@@ -284,7 +285,7 @@ class AggregateRuntime:
         ordered = sorted(members.values(),
                          key=lambda member: (groups[member[0]]["__lb_end"], groups[member[0]]["__lb_start"]))
         for indices in ordered:
-            rows, letters = self._without_failing(_reunified(take_rows(closed, indices)), extra)
+            rows, letters = self._without_failing(retyped(take_rows(closed, indices)), extra)
             dead.extend(letters)
             if rows is not None:
                 outputs.append(rows)
@@ -297,7 +298,7 @@ class AggregateRuntime:
 
         def search(indices: list[int]) -> None:
             try:
-                self._run(_reunified(take_rows(part, indices)), extra)
+                self._run(retyped(take_rows(part, indices)), extra)
             except SqlError as error:
                 if len(indices) == 1:
                     failing[indices[0]] = str(error)
@@ -309,7 +310,7 @@ class AggregateRuntime:
         rest = [i for i in range(part.num_rows) if i not in failing]
         if rest:
             try:
-                return self._run(_reunified(take_rows(part, rest)), extra), self._letters(part, failing)
+                return self._run(retyped(take_rows(part, rest)), extra), self._letters(part, failing)
             except SqlError as error:  # only the combination fails: the whole window and key
                 failing.update({i: str(error) for i in rest})
         return None, self._letters(part, failing)
@@ -333,12 +334,6 @@ class AggregateRuntime:
             tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
             fields.append(pa.field(name, column.type, metadata=_JSON_TAG if tagged else None))
         return pa.table(list(columns.values()), schema=pa.schema(fields))
-
-
-def _reunified(table: pa.Table) -> pa.Table:
-    """`table` with each column's type decided again from its own values (a part of a mixed
-    column may be all numbers)."""
-    return from_events(to_events(table))
 
 
 def _canonical_keys(table: pa.Table, by: list[str]) -> pa.Table:
