@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from primitives.diagnostics import Diagnostic
+from primitives.duck import locked_connection
 
 if TYPE_CHECKING:
     import duckdb
@@ -261,13 +262,9 @@ _CONNECTION: duckdb.DuckDBPyConnection | None = None
 def _serialize(sql: str) -> dict[str, Any]:
     """DuckDB's own parse of `sql`, as JSON; parsing only, nothing is bound or run."""
     global _CONNECTION
-    import duckdb
-
     with _LOCK:
         if _CONNECTION is None:
-            _CONNECTION = duckdb.connect(":memory:", config={
-                "enable_external_access": False, "autoload_known_extensions": False,
-                "autoinstall_known_extensions": False, "threads": 1, "lock_configuration": True})
+            _CONNECTION = locked_connection()
         row = _CONNECTION.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()
     assert row is not None
     result: dict[str, Any] = json.loads(row[0])

@@ -1,10 +1,12 @@
 """Running checked SQL expressions over a batch with DuckDB.
 
-Each step owns one in-memory DuckDB connection with external access off and its configuration
-locked, so even an expression that slipped past `sqlcheck` could not read a file, load an
-extension or change a setting. DuckDB computes only the expression columns, over only the
-columns they reference; rows are then kept or columns set on the Arrow table itself, so every
-other column passes through untouched (types and field metadata included).
+Each step owns a connection of its own to the process's in-memory DuckDB database, which has
+external access off and its configuration locked (`primitives.duck`), and runs only single
+SELECT queries on it, so even an expression that slipped past `sqlcheck` could not read a file,
+load an extension, change a setting or change what other pipelines see. DuckDB computes only
+the expression columns, over only the columns they reference; rows are then kept or columns set
+on the Arrow table itself, so every other column passes through untouched (types and field
+metadata included).
 
 A field whose values have different types in one batch is stored as JSON text (primitives.batch).
 SQL sees such a field, when it holds only scalars, as each value's own text: a string as it is,
@@ -19,22 +21,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 import pyarrow as pa
 
 from primitives.batch import is_json_field, with_columns
+from primitives.duck import locked_connection
 from primitives.parsers.common import scalar_text
 from primitives.sqlcheck import referenced_columns, sql_quote
 
-LOCKED_CONFIG: dict[str, Any] = {
-    "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
-    "allow_community_extensions": False,
-    "threads": 1,
-    "lock_configuration": True,
-}
 BATCH = "batch"
 
 
@@ -47,12 +41,14 @@ quote = sql_quote
 
 
 class SqlBatch:
-    """One locked-down DuckDB connection evaluating expressions over Arrow batches."""
+    """One connection to the locked-down DuckDB database (`primitives.duck`) evaluating
+    expressions over Arrow batches."""
 
     def __init__(self) -> None:
-        import duckdb  # on first use: pipelines without SQL never load it (see primitives.sqlcheck)
+        import duckdb  # on first use: pipelines without SQL never load it (see primitives.duck)
 
-        self._con = duckdb.connect(":memory:", config=LOCKED_CONFIG)
+        self._con = locked_connection()
+        self._duckdb = duckdb
         self._error = duckdb.Error
         self._lock = threading.Lock()
 
@@ -90,7 +86,18 @@ class SqlBatch:
         return self.query(source, f"SELECT {select} FROM {BATCH}")
 
     def query(self, table: pa.Table, sql: str) -> pa.Table:
-        """Run SQL that we built around checked expressions, with `table` as `batch`."""
+        """Run SQL that we built around checked expressions, with `table` as `batch`.
+
+        Only a single SELECT runs. The database is shared by every pipeline of the process
+        (`primitives.duck`), and a statement could change what the others see (a
+        `CREATE MACRO lower(x) AS ...` shadows the builtin for every connection): should text
+        ever slip past `sqlcheck`, this keeps it to a query."""
+        try:
+            statements = self._duckdb.extract_statements(sql)
+        except self._error as exc:
+            raise SqlError(_clean(str(exc))) from None
+        if len(statements) != 1 or statements[0].type != self._duckdb.StatementType.SELECT:
+            raise SqlError("only a single SELECT query runs here")
         with self._lock:
             self._con.register(BATCH, table)
             try:

@@ -81,7 +81,7 @@ class FilterOptions(BaseModel):
 
 
 class SqlFilter:
-    """Stateless; one DuckDB connection for the life of the step."""
+    """Stateless; one DuckDB connection (primitives.duck) for the life of the step."""
 
     isolatable = True  # see primitives.runtime.StepRuntime
 
