@@ -213,10 +213,11 @@ def test_signals_and_late_events_do_not_depend_on_batching_of_out_of_order_input
         straggler = rng.random() < 0.2
         events.append(ev(max(0.0, now - (rng.randint(5, 90) if straggler else 0)), rng.choice("ab"),
                          action=rng.choice(["fail", "fail", "ok"])))
-    options = {"threshold": rng.choice([1, 2, 3, 5]), "window": rng.choice(["10s", "30s", "60s"]),
-               "suppress": rng.choice(["0s", "20s", "2m"])}
+    options: dict[str, Any] = {"threshold": rng.choice([1, 2, 3, 5]),
+                               "window": rng.choice(["10s", "30s", "60s"]),
+                               "suppress": rng.choice(["0s", "20s", "2m"])}
 
-    def outcome(batches: int) -> tuple[dict[str, dict[str, Any]], list[str | None]]:
+    def outcome(batches: int) -> tuple[dict[str, dict[str, Any]], list[Any]]:
         results = run(make(**options), events, batches)
         late = [letter.event and letter.event["ts"] for r in results for letter in r.dead_letters]
         return final_signals(results), late
