@@ -6,7 +6,8 @@ becomes a dead letter carrying its 1-based line number and the reason, and the g
 it are kept. Line endings: LF, CRLF and bare CR all end a line (loghub files mix them); empty
 lines are skipped.
 
-NDJSON takes a fast path through Arrow's multi-threaded JSON reader and falls back, for a chunk
+NDJSON takes a fast path through Arrow's JSON reader, chunks parsed side by side on a machine
+with more than one core, and falls back, for a chunk
 that it refuses, to a per-line parse that can say which line is wrong. Arrow's reader infers
 timestamps from ISO strings and would hand the pipeline a different value than the file holds,
 so a chunk where it did that is also re-read per line: events keep their original strings.
@@ -31,6 +32,7 @@ import pyarrow.json as pa_json
 
 from primitives.batch import concat, from_events, slice_rows
 from primitives.runtime import DeadLetter
+from stream.prefetch import map_ahead
 
 Format = Literal["ndjson", "lines"]
 FORMATS: tuple[str, ...] = ("ndjson", "lines")
@@ -38,6 +40,7 @@ FORMATS: tuple[str, ...] = ("ndjson", "lines")
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: an event larger than this is refused, not half-parsed
 MAX_DEPTH = 64  # deeper JSON is refused: nobody's log event nests deeper, attackers' do
 CHUNK_BYTES = 8 << 20
+MAX_WORKERS = 8  # parsing threads: past this the pipeline, not the parse, is the bottleneck
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _INNER_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")  # an empty or whitespace-only line between two others
 _BOM = b"\xef\xbb\xbf"
@@ -64,16 +67,28 @@ def read_events(
     *,
     limit: int | None = None,
     batch_size: int = 65_536,
+    workers: int | None = None,
 ) -> Iterator[InputBatch]:
-    """Yield batches of at most `batch_size` events, in file order, up to `limit` events."""
+    """Yield batches of at most `batch_size` events, in file order, up to `limit` events.
+
+    Chunks are parsed by `workers` threads ahead of the caller (default: one per CPU, at most
+    MAX_WORKERS; 1 parses on the caller's thread). A server reading many small bodies at once
+    passes 1: its requests are its parallelism."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; use one of: {', '.join(FORMATS)}")
     parse_chunk = _ndjson_chunk if fmt == "ndjson" else _lines_chunk
+
+    def parse(chunk: tuple[int, bytes, int]) -> list[InputBatch]:
+        first_line, body, endings = chunk
+        return list(parse_chunk(body, first_line, batch_size, endings))
+
+    if workers is None:
+        workers = min(available_cpus(), MAX_WORKERS)
     remaining = limit
-    for first_line, body, endings in _chunks(source):
+    for batches in map_ahead(parse, _chunks(source), workers):
         if remaining is not None and remaining <= 0:
             return
-        for batch in parse_chunk(body, first_line, batch_size, endings):
+        for batch in batches:
             if remaining is not None:
                 if remaining <= 0:
                     return
@@ -266,10 +281,8 @@ def _read_json(blob: bytes) -> pa.Table | None:
 
 
 def _read_options(size: int) -> pa_json.ReadOptions:
-    """On one CPU, one block and no threads (measured: threads only add overhead there); with
-    more, 2 MiB blocks parse in parallel (larger than any accepted line, so none straddles)."""
-    if available_cpus() > 1:
-        return pa_json.ReadOptions(use_threads=True, block_size=2 * MAX_LINE_BYTES + 64)
+    """One block, no threads of Arrow's own: chunks are parsed side by side instead (see
+    read_events and stream.prefetch), which scales better than Arrow's per-call threads."""
     return pa_json.ReadOptions(use_threads=False, block_size=max(size + 1, 1 << 16))
 
 

@@ -21,8 +21,7 @@ from primitives.batch import from_events, slice_rows, to_events
 from primitives.runtime import CodeError, CodeResult, DeadLetter
 from primitives.signals import latest_signals
 from stream.engine import BatchOutput, Engine, sandbox_code_runner
-from stream.inputs import Format, available_cpus, read_events
-from stream.prefetch import prefetch
+from stream.inputs import Format, read_events
 from stream.validation import Validation, validate_pipeline, validate_spec
 
 if TYPE_CHECKING:
@@ -170,9 +169,8 @@ def _batches(source: Any, events: list[dict[str, Any]] | None, fmt: Format, limi
         return
     if source is None:
         raise ValueError("give either a source file or a list of events")
-    batches = read_events(source, fmt, limit=limit)
-    # with a second core, the next chunk is parsed while this one runs (Arrow releases the GIL)
-    for batch in prefetch(batches) if available_cpus() > 1 else batches:
+    # with more cores, the next chunks are parsed while this one runs (stream.inputs)
+    for batch in read_events(source, fmt, limit=limit):
         _count_dead(report, batch.dead_letters)
         yield batch.table
 

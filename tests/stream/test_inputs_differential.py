@@ -147,7 +147,8 @@ def test_any_chunking_of_hostile_lines_reads_like_the_per_line_reference(
         data = data.rstrip(b"\r\n")  # no line ending after the last line
     expected_events, expected_dead = reference(data)
 
-    batches = list(inputs.read_events(io.BytesIO(data), "ndjson", batch_size=rng.choice([3, 7, 1000])))
+    batches = list(inputs.read_events(io.BytesIO(data), "ndjson", batch_size=rng.choice([3, 7, 1000]),
+                                      workers=rng.choice([1, 2, 3])))
     events = [row for batch in batches for row in to_events(batch.table)]
     dead = [(d.line, d.reason) for batch in batches for d in batch.dead_letters]
 
@@ -187,7 +188,8 @@ def test_any_chunking_of_raw_lines_reads_like_the_reference(seed: int,
     data = b"".join(rng.choice(TEXT_LINES) + rng.choice(ENDINGS) for _ in range(40))
     if rng.random() < 0.3:
         data = data.rstrip(b"\r\n")
-    batches = list(inputs.read_events(io.BytesIO(data), "lines", batch_size=rng.choice([3, 1000])))
+    batches = list(inputs.read_events(io.BytesIO(data), "lines", batch_size=rng.choice([3, 1000]),
+                                      workers=rng.choice([1, 2, 3])))
     messages = [m for batch in batches for m in batch.table.column("message").to_pylist()]
     dead = sorted((d.line, d.reason) for batch in batches for d in batch.dead_letters)
     assert (messages, dead) == lines_reference(data)

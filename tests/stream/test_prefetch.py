@@ -1,5 +1,6 @@
-"""Read-ahead (stream.prefetch): same items in the same order, errors where they happened, a
-bounded queue, and a producer that stops when the consumer does."""
+"""Work ahead (stream.prefetch.map_ahead): the results of a plain map, in order, errors where
+they happened, bounded look-ahead, work really spread over threads, and a consumer that stops
+early leaving no thread behind."""
 
 from __future__ import annotations
 
@@ -9,62 +10,82 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream.prefetch import prefetch
+from stream.prefetch import map_ahead
 
 
-def test_items_come_in_order_and_all_of_them() -> None:
-    assert list(prefetch(range(1000), depth=3)) == list(range(1000))
-    assert list(prefetch([])) == []
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_results_come_in_order_and_all_of_them(workers: int) -> None:
+    def slow_square(i: int) -> int:
+        time.sleep(0.001 * (i % 3))  # later items may finish first
+        return i * i
+
+    assert list(map_ahead(slow_square, range(200), workers)) == [i * i for i in range(200)]
+    assert list(map_ahead(slow_square, [], workers)) == []
 
 
-def test_an_error_in_the_producer_is_raised_after_the_items_before_it() -> None:
-    def items() -> Iterator[int]:
-        yield 1
-        yield 2
-        raise OSError("disk went away")
+def test_an_error_is_raised_after_the_results_before_it() -> None:
+    def parse(i: int) -> int:
+        if i == 2:
+            raise ValueError("bad chunk 2")
+        return i
 
     seen = []
-    with pytest.raises(OSError, match="disk went away"):
-        for item in prefetch(items()):
+    with pytest.raises(ValueError, match="bad chunk 2"):
+        for item in map_ahead(parse, range(10), workers=3):
             seen.append(item)
-    assert seen == [1, 2]
+    assert seen == [0, 1]
 
 
-def test_read_ahead_is_bounded_by_depth() -> None:
-    produced = []
+def test_an_error_in_the_items_is_raised_too() -> None:
+    def items() -> Iterator[int]:
+        yield 1
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(map_ahead(lambda i: i, items(), workers=2))
+
+
+def test_look_ahead_is_bounded_by_the_workers() -> None:
+    taken = []
 
     def items() -> Iterator[int]:
         for i in range(100):
-            produced.append(i)
+            taken.append(i)
             yield i
 
-    stream = prefetch(items(), depth=2)
-    assert next(stream) == 0
-    time.sleep(0.2)  # give the producer every chance to run ahead
-    # one handed out, `depth` queued, and one the producer holds while it waits for room
-    assert len(produced) <= 1 + 2 + 1
-    stream.close()
+    results = map_ahead(lambda i: i, items(), workers=2)
+    assert next(results) == 0
+    time.sleep(0.1)  # give the workers every chance to run ahead
+    assert len(taken) <= 1 + 2  # the one handed out and `workers` in flight
+    results.close()
 
 
-def test_closing_the_consumer_stops_the_producer_and_closes_its_source() -> None:
-    closed = threading.Event()
+def test_workers_run_side_by_side() -> None:
+    """Two items that each wait for the other can only finish on two threads at once."""
+    barrier = threading.Barrier(2, timeout=5)
 
-    def items() -> Iterator[int]:
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.set()
+    def meet(i: int) -> int:
+        barrier.wait()
+        return i
 
-    stream = prefetch(items())
-    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
-    stream.close()
-    assert closed.wait(2.0)
-    assert not any(t.name == "logbus-read-ahead" and t.is_alive() for t in threading.enumerate())
+    assert list(map_ahead(meet, range(4), workers=2)) == [0, 1, 2, 3]
 
 
-def test_depth_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="depth"):
-        list(prefetch(range(3), depth=0))
+def test_closing_the_consumer_early_cancels_the_rest_and_leaves_no_thread() -> None:
+    started = []
+
+    def work(i: int) -> int:
+        started.append(i)
+        time.sleep(0.01)
+        return i
+
+    results = map_ahead(work, range(1000), workers=3)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    results.close()
+    assert len(started) < 20
+    assert not any(t.name.startswith("logbus-work-ahead") and t.is_alive() for t in threading.enumerate())
+
+
+def test_fewer_than_one_worker_is_refused() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        list(map_ahead(lambda i: i, range(3), workers=0))
