@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,18 +35,44 @@ The data directory is --data, else $LOGBUS_DATA, else ./logbus-data. Exit status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return _dispatch(argv)[0]
+
+
+def entry() -> None:
+    """The `logbus` command: `main`, then, for a command that has released what it opened (its
+    `quick_exit` default), an exit that skips the interpreter's teardown.
+
+    After `logbus test` has printed its report, the sandbox pool is closed and the event file
+    too; what remains is the interpreter collecting and freeing its modules, the Arrow buffers
+    of the run and the DuckDB database: 70-90 ms of waiting for nothing (measured on the W1
+    benchmark, a ~0.9 s run). Commands that write (a spec store, sinks) end normally, so every
+    database they opened is closed in order."""
+    code, quick = _dispatch(None)
+    if not quick:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader left (`| head`): as main() treats it
+        pass
+    os._exit(code)
+
+
+def _dispatch(argv: Sequence[str] | None) -> tuple[int, bool]:
+    """Run the command: its exit status, and whether it may skip the interpreter's teardown."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return 2
+        return 2, False
     handler: Callable[[argparse.Namespace], int] = args.handler
+    quick = bool(getattr(args, "quick_exit", False))
     try:
-        return handler(args)
+        return handler(args), quick
     except KeyboardInterrupt:
-        return 130
+        return 130, False
     except BrokenPipeError:
-        return 0
+        return 0, quick
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                       '{"message": line} (LF, CRLF and CR all end a line)')
     test.add_argument("--limit", type=int, default=None, metavar="N", help="read only the first N events")
     test.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
-    test.set_defaults(handler=_cmd_test)
+    test.set_defaults(handler=_cmd_test, quick_exit=True)
 
     guide = sub.add_parser("guide", help="print the guide agents get from get_guide",
                            description="Print the pipeline guide (Markdown): spec format, step kinds with "
@@ -649,4 +676,4 @@ def _table(header: Sequence[str], rows: list[list[Any]]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

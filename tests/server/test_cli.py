@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,22 @@ def test_a_step_that_fails_on_events_exits_1_with_grouped_errors(tmp_path: Path)
     assert report["errors"][0]["count"] == 2 and report["errors"][0]["line"] == 2
     assert report["errors"][0]["error_type"] == "ValueError"
     assert report["dead_letters"] == 2 and len(report["outputs"]) == 2
+
+
+def test_a_report_larger_than_a_pipe_buffer_arrives_whole(tmp_path: Path) -> None:
+    """`logbus test` skips the interpreter's teardown after its report (server.cli.entry): the
+    report must still be flushed whole into a pipe that fills up many times over."""
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: p\nsource: s\nsteps:\n  - filter: \"n % 2 = 0\"\n")
+    events = tmp_path / "e.ndjson"
+    events.write_text("".join(f'{{"n": {i}, "pad": "{"x" * 20_000}"}}\n' for i in range(300)))
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as users run it
+    done = subprocess.run([sys.executable, "-m", "server.cli", "test", str(pipeline), "--events", str(events),
+                           "--json"], cwd=ROOT, env=buffered, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) > 2_000_000 and done.stdout.endswith("}\n")  # its last byte too
+    report = json.loads(done.stdout)
+    assert report["output_count"] == 150 and [o["n"] for o in report["outputs"]] == list(range(0, 200, 2))
 
 
 def test_limit_and_stdin(tmp_path: Path) -> None:
