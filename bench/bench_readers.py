@@ -4,9 +4,14 @@
 
 On the file of bench_pipeline.py (generated there first), in this process, best of --runs:
 
-- Arrow's JSON reader over the whole file (what `logbus test` parses today), every field;
-- the same with an explicit schema of only the 4 fields W1 needs (projection; exact: a value of
-  another type is an error, as in the full read);
+- `stream.inputs.read_events`, the reader `logbus test` uses: 8 MiB chunks of whole lines,
+  parsed by Arrow one chunk per thread, side by side, with the line, UTF-8 and float checks that
+  make it exact (see stream/inputs.py);
+- Arrow's parse alone, the same chunks side by side, every field (the reader less its checks);
+- Arrow's own multi-threaded reader over the whole file in one call (what the reader did before
+  the chunks went side by side);
+- Arrow's parse of the same chunks with an explicit schema of only the 4 fields W1 needs
+  (projection; exact: a value of another type is an error, as in the full read);
 - DuckDB's `read_json` with those 4 columns typed (fast, but it casts loosely: the report shows
   what it makes of "42", 1.5 and 2 in columns of the wrong type);
 - DuckDB reading them as JSON and checking each value's type in the same scan (exact again):
@@ -28,6 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_pipeline import OUT, generate  # noqa: E402 - the same generated file as bench_pipeline
+
+sys.path.insert(0, str(ROOT))
+from stream import inputs  # noqa: E402 - the reader itself, from this checkout
 
 W1_FIELDS = {"ts": ("BIGINT", pa.int64()), "host": ("VARCHAR", pa.string()),
              "status": ("BIGINT", pa.int64()), "bytes": ("BIGINT", pa.int64())}
@@ -69,11 +78,19 @@ def main() -> int:
     if not path.exists():
         generate(path, args.events, args.seed)
     data = path.read_bytes()
-    # as stream/inputs.py reads: 2 MiB blocks in parallel with threads, one block without
+    # Arrow's own threads in one call: 2 MiB blocks in parallel with threads, one block without
     options = pa_json.ReadOptions(use_threads=threads > 1,
                                   block_size=1 << 21 if threads > 1 else len(data) + 1)
     schema = pa.schema([(name, kind) for name, (_, kind) in W1_FIELDS.items()])
     projected = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    chunks = split_chunks(data, inputs.CHUNK_BYTES)
+    pool = ThreadPoolExecutor(threads)
+
+    def side_by_side(parse: pa_json.ParseOptions | None = None) -> list[pa.Table]:
+        def one(chunk: bytes) -> pa.Table:
+            single = pa_json.ReadOptions(use_threads=False, block_size=len(chunk) + 1)
+            return pa_json.read_json(io.BytesIO(chunk), read_options=single, parse_options=parse)
+        return list(pool.map(one, chunks))
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     literal = "'" + str(path).replace("'", "''") + "'"
@@ -92,10 +109,13 @@ def main() -> int:
                f"count(*) FILTER (WHERE json_type(bytes) NOT IN ('BIGINT', 'UBIGINT')) "
                f"FROM read_json({literal}, columns={{{as_json}}})")
     readers: dict[str, Callable[[], Any]] = {
-        "Arrow read_json, every field (exact)": lambda: pa_json.read_json(
+        "stream.inputs.read_events, every field, with its checks (what `logbus test` does)": lambda: [
+            batch.table for batch in inputs.read_events(path)],
+        "Arrow read_json, every field, chunks side by side (parse only)": side_by_side,
+        "Arrow read_json, every field, one call with Arrow's threads": lambda: pa_json.read_json(
             io.BytesIO(data), read_options=options),
-        "Arrow read_json, 4 fields by explicit schema (exact)": lambda: pa_json.read_json(
-            io.BytesIO(data), read_options=options, parse_options=projected),
+        "Arrow read_json, 4 fields by explicit schema, chunks side by side (exact)": lambda: side_by_side(
+            projected),
         "DuckDB read_json, 4 typed columns (loose casts)": lambda: con.sql(
             f"SELECT * FROM read_json({literal}, columns={{{typed}}})").to_arrow_table(),
         "DuckDB read_json, 4 JSON columns + type check, counts only (exact)": lambda: con.sql(
@@ -120,7 +140,20 @@ def main() -> int:
               for doc in documents]
     print(f"DuckDB's json_transform_strict (n BIGINT) of {documents}: {[row[0] for row in strict if row]} "
           "-- strict about missing and duplicate keys, not about types")
+    pool.shutdown()
     return 0
+
+
+def split_chunks(data: bytes, size: int) -> list[bytes]:
+    """`data` in pieces of about `size` bytes, each ending at a line end (as stream.inputs reads)."""
+    pieces, start = [], 0
+    while start < len(data):
+        end = data.rfind(b"\n", start, start + size) + 1 if start + size < len(data) else len(data)
+        if end <= start:  # a line longer than `size`: take it whole
+            end = data.find(b"\n", start + size) + 1 or len(data)
+        pieces.append(data[start:end])
+        start = end
+    return pieces
 
 
 if __name__ == "__main__":
