@@ -187,3 +187,19 @@ def test_integers_up_to_a_floats_range_are_exact_and_longer_ones_dead_letters() 
     assert to_events(batch.table) == [{"a": 1}, {"a": wide}]
     assert [(d.line, d.reason) for d in batch.dead_letters] == [(2, "bad_json")]
     assert batch.dead_letters[0].event["raw"].startswith('{"a": 999')  # the line is kept
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_blank_line_check_finds_what_python_re_finds(seed: int) -> None:
+    """The fast path's inner-blank-line check runs in Arrow's RE2 (no GIL, no copy); it must
+    answer as Python's `re` does for the same pattern, on any mix of line ends, whitespace,
+    look-alike whitespace (VT, FF, NBSP) and multi-byte UTF-8."""
+    import random
+    import re
+
+    rng = random.Random(seed)
+    pieces = [b"\n", b"\n", b" ", b"\t", b"\r", b"\r\n", b"a", b'{"k": 1}', b"\xc3\xa9", b"\xc2\xa0",
+              b"\x0b", b"\x0c", b"\x00", b"\\n"]
+    body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+    expected = re.search(rb"\n[ \t\r]*\n", body) is not None
+    assert inputs._has_inner_blank_line(body) is expected, body
