@@ -6,11 +6,11 @@ becomes a dead letter carrying its 1-based line number and the reason, and the g
 it are kept. Line endings: LF, CRLF and bare CR all end a line (loghub files mix them); empty
 lines are skipped.
 
-NDJSON takes a fast path through Arrow's JSON reader, chunks parsed side by side on a machine
-with more than one core, and falls back, for a chunk
-that it refuses, to a per-line parse that can say which line is wrong. Arrow's reader infers
-timestamps from ISO strings and would hand the pipeline a different value than the file holds,
-so a chunk where it did that is also re-read per line: events keep their original strings.
+NDJSON takes a fast path through Arrow's JSON reader (chunks parsed side by side where there is
+more than one core) and falls back, for a chunk that it refuses, to a per-line parse that can say
+which line is wrong. Arrow's reader infers timestamps from ISO strings and would hand the pipeline
+a different value than the file holds, so a chunk where it did that is also re-read per line:
+events keep their original strings.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ FORMATS: tuple[str, ...] = ("ndjson", "lines")
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: an event larger than this is refused, not half-parsed
 MAX_DEPTH = 64  # deeper JSON is refused: nobody's log event nests deeper, attackers' do
 CHUNK_BYTES = 8 << 20
-MAX_WORKERS = 8  # parsing threads: past this the pipeline, not the parse, is the bottleneck
+# Parsing threads: bounds the threads and the memory read ahead (workers + 1 chunks and their
+# tables). Only 1 and 2 were measured (bench/bench_readers.py); 8 is a guess, not a finding.
+MAX_WORKERS = 8
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _INNER_BLANK_LINE = r"\n[ \t\r]*\n"  # an empty or whitespace-only line between two others
 _BOM = b"\xef\xbb\xbf"
