@@ -43,6 +43,10 @@ CHUNK_BYTES = 8 << 20
 # Parsing threads: bounds the threads and the memory read ahead (workers + 1 chunks and their
 # tables). Only 1 and 2 were measured (bench/bench_readers.py); 8 is a guess, not a finding.
 MAX_WORKERS = 8
+# With a limit, the first read: the limit times a generous event size (loghub lines are 100-300
+# bytes; a guess too small costs only another read), and never under 64 KiB.
+TYPICAL_EVENT_BYTES = 512
+MIN_READ_BYTES = 64 << 10
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _INNER_BLANK_LINE = r"\n[ \t\r]*\n"  # an empty or whitespace-only line between two others
 _BOM = b"\xef\xbb\xbf"
@@ -87,17 +91,20 @@ def read_events(
     if workers is None:
         workers = min(available_cpus(), MAX_WORKERS)
     remaining = limit
-    for batches in map_ahead(parse, _chunks(source), workers):
-        if remaining is not None and remaining <= 0:
-            return
+    # with a limit, the first read is about what the limit needs (then doubling): `--limit 1000`
+    # need not read and parse a whole chunk, nor the chunks parsed ahead of it
+    first_read = None if limit is None else max(MIN_READ_BYTES, limit * TYPICAL_EVENT_BYTES)
+    if remaining is not None and remaining <= 0:
+        return
+    for batches in map_ahead(parse, _chunks(source, first_read), workers):
         for batch in batches:
             if remaining is not None:
-                if remaining <= 0:
-                    return
                 if batch.table.num_rows > remaining:
                     batch.table = slice_rows(batch.table, 0, remaining)
                 remaining -= batch.table.num_rows
             yield batch
+            if remaining is not None and remaining <= 0:
+                return  # before the next chunk is asked for: nothing more is read
 
 
 def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
@@ -111,9 +118,10 @@ def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
     return InputBatch(table, dead)
 
 
-def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes, int]]:
+def _chunks(source: str | Path | BinaryIO, first_read: int | None = None) -> Iterator[tuple[int, bytes, int]]:
     """Whole lines, about CHUNK_BYTES at a time, with the 1-based number of each chunk's first line
-    and the chunk's count of line endings.
+    and the chunk's count of line endings. With `first_read`, the first read takes that many
+    bytes and each later one twice the one before, up to CHUNK_BYTES.
 
     A chunk never ends inside a line nor between the CR and LF of a CRLF pair. Line numbers carry
     from chunk to chunk by counting line endings (LF, CRLF, bare CR) with bytes.count, so that no
@@ -123,8 +131,10 @@ def _chunks(source: str | Path | BinaryIO) -> Iterator[tuple[int, bytes, int]]:
     try:
         carry = b""
         line_no = 1
+        size = CHUNK_BYTES if first_read is None else min(first_read, CHUNK_BYTES)
         while True:
-            chunk = stream.read(CHUNK_BYTES)
+            chunk = stream.read(size)
+            size = min(2 * size, CHUNK_BYTES)
             data = carry + chunk if carry else chunk
             if chunk:
                 # keep the last (possibly partial) line, and a trailing CR that may precede an LF

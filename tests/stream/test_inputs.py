@@ -81,6 +81,45 @@ def test_limit_stops_after_n_events() -> None:
     assert [b.table.num_rows for b in batches] == [100, 100, 50]
 
 
+class _CountingReader(io.BytesIO):
+    """A file that records how many bytes were asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        out = super().read(size)
+        self.asked += len(out)
+        return out
+
+
+def _numbered_lines(count: int) -> bytes:
+    return b"".join(b'{"i": %d, "pad": "%s"}\n' % (i, b"x" * (i % 300)) for i in range(count))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("limit", [0, 1, 7, 1000])
+def test_a_limit_reads_about_what_it_needs(workers: int, limit: int) -> None:
+    """`--limit N` on a file bigger than a chunk: the events are the first N, and the reader
+    asks for the first read's size and, parsing ahead, a few doublings of it, not whole chunks."""
+    data = _numbered_lines(60_000)
+    assert len(data) > inputs.CHUNK_BYTES
+    source = _CountingReader(data)
+    batches = read_events(source, limit=limit, workers=workers)
+    got = [row for batch in batches for row in to_events(batch.table)]
+    assert [row["i"] for row in got] == list(range(limit))
+    first = max(inputs.MIN_READ_BYTES, limit * inputs.TYPICAL_EVENT_BYTES)
+    assert source.asked <= first * (2 ** (workers + 1) - 1) < len(data) // 2
+
+
+@pytest.mark.parametrize("limit", [5000, 59_999, 60_000, 10**9])
+def test_a_limit_gives_the_first_events_of_a_full_read(limit: int) -> None:
+    data = _numbered_lines(60_000)
+    got = [row["i"] for batch in read_events(io.BytesIO(data), limit=limit) for row in to_events(batch.table)]
+    assert got == list(range(min(limit, 60_000)))
+
+
 def test_empty_input_gives_no_events() -> None:
     assert _read(b"").table.num_rows == 0
     assert _read(b"\n\r\n\r", "lines").table.num_rows == 0
