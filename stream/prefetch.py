@@ -35,8 +35,19 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Generat
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="logbus-work-ahead")
     pending: deque[Future[R]] = deque()
+    source = iter(items)
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except Exception:
+                # the items before the failing one still come first, as in a plain map: a read
+                # error halfway through a file must not lose the chunks already read
+                while pending:
+                    yield pending.popleft().result()
+                raise
             pending.append(pool.submit(fn, item))
             if len(pending) > workers:
                 yield pending.popleft().result()

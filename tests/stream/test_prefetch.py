@@ -36,13 +36,18 @@ def test_an_error_is_raised_after_the_results_before_it() -> None:
     assert seen == [0, 1]
 
 
-def test_an_error_in_the_items_is_raised_too() -> None:
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_an_error_in_the_items_comes_after_every_result_before_it(workers: int) -> None:
+    """A read error halfway through a file: the chunks read before it are still handed over."""
     def items() -> Iterator[int]:
-        yield 1
+        yield from range(5)
         raise OSError("disk went away")
 
+    seen = []
     with pytest.raises(OSError, match="disk went away"):
-        list(map_ahead(lambda i: i, items(), workers=2))
+        for result in map_ahead(lambda i: i * 10, items(), workers):
+            seen.append(result)
+    assert seen == [0, 10, 20, 30, 40]
 
 
 def test_look_ahead_is_bounded_by_the_workers() -> None:
