@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     test.add_argument("pipeline", type=Path, help="pipeline spec file (.yaml, .yml or .json)")
-    test.add_argument("--events", required=True, help="event file, or - for standard input")
+    test.add_argument("--events", required=True,
+                      help="event file (gzip-compressed is fine), or - for standard input")
     test.add_argument("--format", choices=("ndjson", "lines"), default="ndjson",
                       help="ndjson: one JSON object per line (default); lines: each line becomes "
                       '{"message": line} (LF, CRLF and CR all end a line)')
@@ -255,9 +256,10 @@ def _add_operator_commands(sub: Any) -> None:
                   "rejected.",
                   "  logbus ingest auth /var/log/auth.log --format lines --local\n"
                   "  LOGBUS_TOKEN=lb_... logbus ingest web events.ndjson --url http://127.0.0.1:8765\n"
-                  "  tail -n 1000 app.log | logbus ingest app - --format lines\n")
+                  "  tail -n 1000 app.log | logbus ingest app - --format lines\n"
+                  "  logbus ingest web /var/log/nginx/access.log.2.gz --format lines --local\n")
     ingest.add_argument("stream", help="stream name (created on first ingest)")
-    ingest.add_argument("file", help="input file, or - for standard input")
+    ingest.add_argument("file", help="input file (gzip-compressed is fine), or - for standard input")
     ingest.add_argument("--format", choices=("ndjson", "lines"), default="ndjson",
                         help='ndjson: one JSON object per line (default); lines: each line becomes '
                         '{"message": line}')

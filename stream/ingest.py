@@ -221,8 +221,10 @@ def _parse(data: bytes, fmt: Format) -> tuple[list[pa.Table], list[DeadLetter], 
     tables: list[pa.Table] = []
     dead: list[DeadLetter] = []
     reasons: Counter[str] = Counter()
-    # one parsing thread per request: concurrent requests are this server's parallelism
-    for batch in read_events(io.BytesIO(data), fmt, batch_size=BATCH_ROWS, workers=1):
+    # one parsing thread per request: concurrent requests are this server's parallelism; the
+    # body is what Content-Encoding made of it, with its own inflation bound (_gunzip above)
+    for batch in read_events(io.BytesIO(data), fmt, batch_size=BATCH_ROWS, workers=1,
+                             gunzip=False):
         if batch.table.num_rows:
             tables.append(batch.table)
         reasons.update(d.reason for d in batch.dead_letters)

@@ -10,6 +10,8 @@ grew keeps the keys of its unchanged chunks, and stdin gets keys too.
 
 Line numbers in the returned errors count from the start of the whole input. A line longer than
 a chunk is not sent: it is reported as `too_large` here (the server would refuse it anyway).
+A gzip-compressed file (a rotated log) is sent as the text it holds (stream.compressed); offsets
+and keys count bytes of that text.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from stream.compressed import DECOMPRESSION_ERRORS, describe, maybe_gunzip
 from stream.ingest import CONTENT_TYPES, MAX_ERRORS, IngestError, ingest_bytes
 from stream.inputs import FORMATS, Format
 from stream.log import EmbeddedLog
@@ -195,7 +198,8 @@ def _run(stream: str, source: str | Path | BinaryIO, chunk_bytes: int,
             line, False)
 
     try:
-        for chunk in iter_chunks(handle, chunk_bytes, long_line):
+        chunks = iter_chunks(handle, chunk_bytes, long_line)
+        for chunk in _readable(chunks, summary):
             summary.bytes_done = chunk.offset + len(chunk.data)
             if not chunk.data.isspace():
                 reply = send(chunk)
@@ -208,9 +212,18 @@ def _run(stream: str, source: str | Path | BinaryIO, chunk_bytes: int,
             if progress is not None:
                 progress(summary)
     finally:
-        if close:
-            handle.close()
+        close()
     return summary
+
+
+def _readable(chunks: Iterator[Chunk], summary: IngestSummary) -> Iterator[Chunk]:
+    """`chunks`, with damaged gzip data said for a user; what was sent before it stands (sending
+    the file again skips it: the server knows it by its offsets)."""
+    try:
+        yield from chunks
+    except DECOMPRESSION_ERRORS as exc:
+        raise IngestClientError(f"{describe(exc)}, after {summary.bytes_done:,} bytes of text; "
+                                "everything before that was sent") from None
 
 
 def _post(http: httpx.Client, endpoint: str, body: bytes, headers: dict[str, str],
@@ -249,13 +262,27 @@ def _retry_after(response: httpx.Response) -> float:
     return float(value) if value.isdigit() else 0.0
 
 
-def _open(source: str | Path | BinaryIO) -> tuple[BinaryIO, int | None, bool]:
+def _open(source: str | Path | BinaryIO) -> tuple[BinaryIO, int | None, Callable[[], None]]:
+    """The text to send (gzip-compressed input decompressed as it is read, stream.compressed),
+    its size where known, and how to close what was opened here."""
+    opened: BinaryIO | None = None
     if isinstance(source, str) and source == "-":
-        return sys.stdin.buffer, None, False
-    if isinstance(source, str | Path):
-        handle = open(source, "rb")  # noqa: SIM115 - closed by _run
-        return handle, os.fstat(handle.fileno()).st_size, True
-    return source, None, False
+        raw: BinaryIO = sys.stdin.buffer
+    elif isinstance(source, str | Path):
+        raw = opened = open(source, "rb")  # noqa: SIM115 - closed by the close() returned
+    else:
+        raw = source
+    text = maybe_gunzip(raw)
+    # progress counts bytes of text: a file's size is that only when it is not compressed
+    total = os.fstat(opened.fileno()).st_size if opened is not None and text is raw else None
+
+    def close() -> None:
+        if text is not raw:
+            text.close()  # the decompressor; it leaves the file underneath open
+        if opened is not None:
+            opened.close()
+
+    return text, total, close
 
 
 def _content_type(fmt: str) -> str:

@@ -32,6 +32,7 @@ import pyarrow.json as pa_json
 
 from primitives.batch import concat, from_events, slice_rows
 from primitives.runtime import DeadLetter
+from stream.compressed import DECOMPRESSION_ERRORS, describe, maybe_gunzip
 from stream.prefetch import map_ahead
 
 Format = Literal["ndjson", "lines"]
@@ -74,12 +75,16 @@ def read_events(
     limit: int | None = None,
     batch_size: int = 65_536,
     workers: int | None = None,
+    gunzip: bool = True,
 ) -> Iterator[InputBatch]:
     """Yield batches of at most `batch_size` events, in file order, up to `limit` events.
 
     Chunks are parsed by `workers` threads ahead of the caller (default: one per CPU, at most
     MAX_WORKERS; 1 parses on the caller's thread). A server reading many small bodies at once
-    passes 1: its requests are its parallelism."""
+    passes 1: its requests are its parallelism. Gzip-compressed input is read as the text it
+    holds (`stream.compressed`) unless `gunzip` is False; where its data is damaged, the events
+    before the damage are kept and one dead letter says from which line on nothing could be
+    read."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; use one of: {', '.join(FORMATS)}")
     parse_chunk = _ndjson_chunk if fmt == "ndjson" else _lines_chunk
@@ -96,15 +101,18 @@ def read_events(
     first_read = None if limit is None else max(MIN_READ_BYTES, limit * TYPICAL_EVENT_BYTES)
     if remaining is not None and remaining <= 0:
         return
-    for batches in map_ahead(parse, _chunks(source, first_read), workers):
-        for batch in batches:
-            if remaining is not None:
-                if batch.table.num_rows > remaining:
-                    batch.table = slice_rows(batch.table, 0, remaining)
-                remaining -= batch.table.num_rows
-            yield batch
-            if remaining is not None and remaining <= 0:
-                return  # before the next chunk is asked for: nothing more is read
+    try:
+        for batches in map_ahead(parse, _chunks(source, first_read, gunzip), workers):
+            for batch in batches:
+                if remaining is not None:
+                    if batch.table.num_rows > remaining:
+                        batch.table = slice_rows(batch.table, 0, remaining)
+                    remaining -= batch.table.num_rows
+                yield batch
+                if remaining is not None and remaining <= 0:
+                    return  # before the next chunk is asked for: nothing more is read
+    except _Unreadable as stop:
+        yield InputBatch(pa.table({}), [stop.dead_letter()], stop.line)
 
 
 def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
@@ -118,7 +126,21 @@ def read_all(source: str | Path | BinaryIO, fmt: Format = "ndjson", *,
     return InputBatch(table, dead)
 
 
-def _chunks(source: str | Path | BinaryIO, first_read: int | None = None) -> Iterator[tuple[int, bytes, int]]:
+class _Unreadable(Exception):
+    """The input cannot be read on from `line` (damaged gzip data)."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line, self.why = line, why
+
+    def dead_letter(self) -> DeadLetter:
+        return DeadLetter(step="input", reason="bad_gzip",
+                          message=f"line {self.line}: {self.why}; no line from here on could be read",
+                          event={"line": self.line}, line=self.line)
+
+
+def _chunks(source: str | Path | BinaryIO, first_read: int | None = None,
+            gunzip: bool = True) -> Iterator[tuple[int, bytes, int]]:
     """Whole lines, about CHUNK_BYTES at a time, with the 1-based number of each chunk's first line
     and the chunk's count of line endings. With `first_read`, the first read takes that many
     bytes and each later one twice the one before, up to CHUNK_BYTES.
@@ -132,8 +154,12 @@ def _chunks(source: str | Path | BinaryIO, first_read: int | None = None) -> Ite
         carry = b""
         line_no = 1
         size = CHUNK_BYTES if first_read is None else min(first_read, CHUNK_BYTES)
+        reader = maybe_gunzip(stream) if gunzip else stream
         while True:
-            chunk = stream.read(size)
+            try:
+                chunk = reader.read(size)
+            except DECOMPRESSION_ERRORS as exc:  # what came before stands; the rest is lost
+                raise _Unreadable(line_no, describe(exc)) from None
             size = min(2 * size, CHUNK_BYTES)
             data = carry + chunk if carry else chunk
             if chunk:
