@@ -147,12 +147,18 @@ def _chunks(source: str | Path | BinaryIO, first_read: int | None = None,
 
     A chunk never ends inside a line nor between the CR and LF of a CRLF pair. Line numbers carry
     from chunk to chunk by counting line endings (LF, CRLF, bare CR) with bytes.count, so that no
-    chunk has to be split into lines unless it is read line by line."""
+    chunk has to be split into lines unless it is read line by line.
+
+    A line still open past MAX_LINE_BYTES is kept to its first MAX_LINE_BYTES + 1 bytes, enough
+    to refuse it as too large and show its start, and the rest of it is dropped as it is read:
+    memory stays bounded and nothing is copied over and over, whatever its length (a binary
+    file, or a small gzip bomb that inflates to one endless line)."""
     # closed in the finally below
     stream: BinaryIO = open(source, "rb") if isinstance(source, str | Path) else source  # noqa: SIM115
     try:
         carry = b""
         line_no = 1
+        skipping = False  # inside an over-long line, dropping bytes up to its end
         size = CHUNK_BYTES if first_read is None else min(first_read, CHUNK_BYTES)
         reader = maybe_gunzip(stream) if gunzip else stream
         while True:
@@ -161,6 +167,11 @@ def _chunks(source: str | Path | BinaryIO, first_read: int | None = None,
             except DECOMPRESSION_ERRORS as exc:  # what came before stands; the rest is lost
                 raise _Unreadable(line_no, describe(exc)) from None
             size = min(2 * size, CHUNK_BYTES)
+            if skipping and chunk:
+                end = _first_line_end(chunk)
+                if end < 0:
+                    continue
+                chunk, skipping = chunk[end:], False
             data = carry + chunk if carry else chunk
             if chunk:
                 # keep the last (possibly partial) line, and a trailing CR that may precede an LF
@@ -169,6 +180,9 @@ def _chunks(source: str | Path | BinaryIO, first_read: int | None = None,
                     cut = max(data.rfind(b"\n", 0, cut), data.rfind(b"\r", 0, cut))
                 if cut < 0:
                     carry = data
+                    # a trailing CR ends the line (an LF may follow): only an open line is cut
+                    if len(carry) > MAX_LINE_BYTES + 1 and not carry.endswith(b"\r"):
+                        carry, skipping = carry[: MAX_LINE_BYTES + 1], True
                     continue
                 body, carry = data[: cut + 1], data[cut + 1 :]
             else:
@@ -182,6 +196,11 @@ def _chunks(source: str | Path | BinaryIO, first_read: int | None = None,
     finally:
         if stream is not source:
             stream.close()
+
+
+def _first_line_end(chunk: bytes) -> int:
+    ends = [at for at in (chunk.find(b"\n"), chunk.find(b"\r")) if at >= 0]
+    return min(ends, default=-1)
 
 
 def _line_endings(body: bytes) -> int:
@@ -475,7 +494,9 @@ def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:
 
 def _line_too_large(raw: bytes) -> tuple[str, str] | None:
     if len(raw) > MAX_LINE_BYTES:
-        return "too_large", f"line is {len(raw):,} bytes; the limit is {MAX_LINE_BYTES:,} bytes per event"
+        # a line read on past the cap was kept to MAX_LINE_BYTES + 1 bytes (_chunks): size unknown
+        size = f"is {len(raw):,} bytes" if len(raw) > MAX_LINE_BYTES + 1 else "is over the limit"
+        return "too_large", f"line {size}; the limit is {MAX_LINE_BYTES:,} bytes per event"
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -242,3 +243,46 @@ def test_the_blank_line_check_finds_what_python_re_finds(seed: int) -> None:
     body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
     expected = re.search(rb"\n[ \t\r]*\n", body) is not None
     assert inputs._has_inner_blank_line(body) is expected, body
+
+
+class _OneEndlessLine(io.RawIOBase):
+    """`size` bytes of one line with no end in sight, then two good lines; made as it is read."""
+
+    def __init__(self, size: int, ending: bytes) -> None:
+        self.left, self.tail = size, ending + b'{"a": 1}\n{"a": 2}\n'
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left:
+            n = min(len(buffer), self.left)
+            buffer[:n] = b"x" * n
+            self.left -= n
+            return n
+        n = min(len(buffer), len(self.tail))
+        buffer[:n], self.tail = self.tail[:n], self.tail[n:]
+        return n
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "lines"])
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_an_endless_line_costs_bounded_memory_and_only_itself(fmt: str, ending: bytes) -> None:
+    """A binary file, or a small gzip bomb, can hold one line of hundreds of MB: it must become
+    one too_large dead letter, read in bounded memory, and the lines after it keep their numbers."""
+    import tracemalloc
+
+    size = 96 << 20
+    tracemalloc.start()
+    try:
+        batches = list(read_events(cast(BinaryIO, _OneEndlessLine(size, ending)), fmt))  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size // 2  # the whole line once would be 96 MB; chunks are 8 MB
+    dead = [(d.line, d.reason, d.message) for batch in batches for d in batch.dead_letters]
+    assert [(line, reason) for line, reason, _ in dead] == [(1, "too_large")]
+    assert "over the limit" in dead[0][2]
+    rows = [row for batch in batches for row in to_events(batch.table)]
+    expected = [{"a": 1}, {"a": 2}] if fmt == "ndjson" else [{"message": '{"a": 1}'}, {"message": '{"a": 2}'}]
+    assert rows == expected
