@@ -40,6 +40,12 @@ FORMATS: tuple[str, ...] = ("ndjson", "lines")
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: an event larger than this is refused, not half-parsed
 MAX_DEPTH = 64  # deeper JSON is refused: nobody's log event nests deeper, attackers' do
+# The deepest nesting Arrow's reader may be handed. It recurses once per level: a line of 20,000
+# `[` overflowed an 8 MiB thread stack and killed the process (measured; 10,000 levels still
+# parsed, so a level takes 400-800 bytes of stack). 4,096 levels need at most ~3.3 MiB. A line
+# that might nest deeper (longer than this many bytes and holding more `[` and `{`) is parsed on
+# its own by the per-line path, which checks its depth first.
+SAFE_DEPTH = 4096
 CHUNK_BYTES = 8 << 20
 # Parsing threads: bounds the threads and the memory read ahead (workers + 1 chunks and their
 # tables). Only 1 and 2 were measured (bench/bench_readers.py); 8 is a guess, not a finding.
@@ -278,7 +284,7 @@ def _ndjson_chunk(body: bytes, first_line: int, batch_size: int, endings: int) -
         yield from _slices(table, first_line, batch_size)
         return
     for line, lines in _line_groups(body, first_line, batch_size):
-        yield _parse_lines(lines, line)
+        yield from _parse_lines(lines, line)
 
 
 def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
@@ -288,14 +294,15 @@ def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
     The fast result is used only when row i is certainly line i and every line is one valid
     object: LF endings only (Arrow does not end a line at a bare CR), no blank or whitespace-only
     line (Arrow skips those, and would then shift row numbers), as many rows as lines (Arrow
-    reads `{..} {..}` on one line as two events), no line over the size cap, valid UTF-8 with no
-    byte order mark (Arrow copies bytes into strings unchecked), and no float that may not be
-    what the file wrote (see `_has_inexact_float`)."""
+    reads `{..} {..}` on one line as two events), no line over the size cap, no line that might
+    nest deeper than SAFE_DEPTH, valid UTF-8 with no byte order mark (Arrow copies bytes into
+    strings unchecked), and no float that may not be what the file wrote (see
+    `_has_inexact_float`)."""
     if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
         return None
     if not body.isascii() and (not _valid_utf8(body) or body.startswith(_BOM) or b"\n" + _BOM in body):
         return None
-    if _has_blank_line(body) or _has_long_line(body):
+    if _has_blank_line(body) or _has_long_line(body, MAX_LINE_BYTES) or _may_nest_too_deep(body):
         return None
     table = _read_json(body)
     # with no bare CR, `endings` (from _chunks) is the count of LFs: one per line but a last one
@@ -306,17 +313,31 @@ def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
     return table
 
 
-def _parse_lines(lines: list[bytes], first_line: int) -> InputBatch:
+def _parse_lines(lines: list[bytes], first_line: int) -> Iterator[InputBatch]:
     """A group of lines from a chunk that `_fast_chunk` refused: most groups hold no bad line, so
     Arrow's reader is tried on the group first, under the same checks as a whole chunk (a group
     with a byte order mark, two objects on a line or a NaN must not pass here either), and line
-    by line where they fail. Empty lines are no events: they are left out of the group."""
+    by line where they fail. Empty lines are no events: they are left out of the group. A line
+    that might nest deeper than SAFE_DEPTH is read on its own by the per-line path, and the runs
+    of lines around it still go to Arrow."""
+    if any(len(line) > SAFE_DEPTH and _may_nest_too_deep(line) for line in lines):
+        start = 0
+        for index, line in enumerate(lines):
+            if len(line) > SAFE_DEPTH and _may_nest_too_deep(line):
+                if index > start:
+                    yield from _parse_lines(lines[start:index], first_line + start)
+                yield _slow_ndjson([line], first_line + index)
+                start = index + 1
+        if start < len(lines):
+            yield from _parse_lines(lines[start:], first_line + start)
+        return
     present = [line for line in lines if line]
     if present:
         table = _fast_chunk(b"\n".join(present), len(present) - 1)
         if table is not None:
-            return InputBatch(table, [], first_line)
-    return _slow_ndjson(lines, first_line)
+            yield InputBatch(table, [], first_line)
+            return
+    yield _slow_ndjson(lines, first_line)
 
 
 def _read_json(blob: bytes) -> pa.Table | None:
@@ -326,6 +347,8 @@ def _read_json(blob: bytes) -> pa.Table | None:
     read_options = _read_options(len(blob))
     try:
         table = pa_json.read_json(io.BytesIO(blob), read_options=read_options)
+        if _too_deep(table.schema):  # first: the other schema walks recurse per level
+            return None
         if _has_inferred_time(table.schema):
             schema = pa.schema([f.with_type(_time_as_string(f.type)) for f in table.schema])
             table = pa_json.read_json(io.BytesIO(blob), read_options=read_options,
@@ -376,16 +399,34 @@ def _valid_utf8(body: bytes) -> bool:
     return True
 
 
-def _has_long_line(body: bytes) -> bool:
-    """Whether some line is over MAX_LINE_BYTES (a CR before its LF counted, which only sends a
-    line at the cap to the exact path). Jumps to the last LF within reach, so it looks at a few
-    positions per MiB rather than every line."""
+def _has_long_line(body: bytes, limit: int) -> bool:
+    """Whether some line is over `limit` bytes (a CR before its LF counted, which only sends a
+    line at the limit to the exact path). Jumps to the last LF within reach, so it looks at a few
+    positions per `limit` bytes rather than every line."""
     pos, end = 0, len(body)
-    while end - pos > MAX_LINE_BYTES:
-        newline = body.rfind(b"\n", pos, pos + MAX_LINE_BYTES + 1)
+    while end - pos > limit:
+        newline = body.rfind(b"\n", pos, pos + limit + 1)
         if newline < 0:
             return True
         pos = newline + 1
+    return False
+
+
+def _may_nest_too_deep(body: bytes) -> bool:
+    """Whether some line of `body` might nest deeper than SAFE_DEPTH: only a line longer than
+    SAFE_DEPTH bytes can, and only if it holds more `[` and `{` than that. Jumps from line end
+    to line end in SAFE_DEPTH strides, so ordinary lines cost a few look-ups per 4 KiB."""
+    pos, end = 0, len(body)
+    while end - pos > SAFE_DEPTH:
+        newline = body.rfind(b"\n", pos, pos + SAFE_DEPTH + 1)
+        if newline >= 0:
+            pos = newline + 1
+            continue
+        line_end = body.find(b"\n", pos + SAFE_DEPTH)
+        line_end = end if line_end < 0 else line_end
+        if body.count(b"[", pos, line_end) + body.count(b"{", pos, line_end) > SAFE_DEPTH:
+            return True
+        pos = line_end + 1
     return False
 
 
@@ -450,14 +491,21 @@ def _has_inferred_time(schema: pa.Schema) -> bool:
 
 
 def _too_deep(schema: pa.Schema) -> bool:
-    def depth(t: pa.DataType) -> int:
+    """Whether a field nests MAX_DEPTH levels or more. Walked with a stack of its own, not by
+    recursion: Arrow hands over up to SAFE_DEPTH levels."""
+    pending = [(f.type, 0) for f in schema]  # a type, and how many containers hold it
+    while pending:
+        t, above = pending.pop()
         if pa.types.is_struct(t):
-            return 1 + max((depth(t.field(i).type) for i in range(t.num_fields)), default=0)
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return 1 + depth(t.value_type)
-        return 0
-
-    return any(depth(f.type) >= MAX_DEPTH for f in schema)
+            inner = [t.field(i).type for i in range(t.num_fields)]
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            inner = [t.value_type]
+        else:
+            continue
+        if above + 1 >= MAX_DEPTH:  # this container is level above + 1
+            return True
+        pending.extend((child, above + 1) for child in inner)
+    return False
 
 
 def _slow_ndjson(lines: list[bytes], first_line: int) -> InputBatch:

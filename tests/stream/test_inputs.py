@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -286,3 +288,61 @@ def test_an_endless_line_costs_bounded_memory_and_only_itself(fmt: str, ending: 
     rows = [row for batch in batches for row in to_events(batch.table)]
     expected = [{"a": 1}, {"a": 2}] if fmt == "ndjson" else [{"message": '{"a": 1}'}, {"message": '{"a": 2}'}]
     assert rows == expected
+
+
+_DEEP_PROBE = r'''
+import io, json, sys, tempfile
+from stream.ingest import ingest_bytes
+from stream.inputs import read_events
+from stream.log import EmbeddedLog
+
+out = []
+for depth in (63, 64, 1000, 5000, 20000, 100000):
+    for closed in (True, False):
+        deep = b'{"a": ' + b"[" * depth + (b"]" * depth + b"}" if closed else b"")
+        # good lines around it, so that its chunk would otherwise take Arrow's fast path
+        data = b'{"ok": 1}\n' + deep + b'\n{"ok": 2}\n'
+        for workers in (1, 2):
+            batches = list(read_events(io.BytesIO(data), workers=workers))
+            out.append([depth, closed, workers, [r.get("ok") for b in batches for r in b.table.to_pylist()],
+                        [[d.line, d.reason] for b in batches for d in b.dead_letters]])
+with tempfile.TemporaryDirectory() as tmp, EmbeddedLog(tmp) as log:
+    body = b'{"ok": 1}\n' + b'{"a": ' + b"[" * 50000 + b"]" * 50000 + b'}\n{"ok": 2}\n'
+    result = ingest_bytes(log, "acme", "web", body, content_type="application/x-ndjson")
+    out.append(["ingest", result.accepted, result.rejected])
+print(json.dumps(out))
+'''
+
+
+def test_deep_nesting_is_a_dead_letter_and_never_reaches_arrows_stack() -> None:
+    """Arrow's JSON reader recurses per nesting level: 20,000 levels overflowed its stack and
+    killed the process (`logbus test`, and the HTTP ingest server with it). Every depth must end
+    as a too_deep dead letter, or bad_json when never closed, with the lines around it kept. Run
+    in a child process: a regression is a crash, reported here as one."""
+    done = subprocess.run([sys.executable, "-c", _DEEP_PROBE], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"the reader crashed (exit {done.returncode}): {done.stderr[-2000:]}"
+    *reads, ingest = json.loads(done.stdout)
+    for depth, closed, workers, kept, dead in reads:
+        accepted = depth == 63 and closed  # 64 levels with the object itself: the limit, allowed
+        assert kept == ([1, None, 2] if accepted else [1, 2]), (depth, closed, workers)
+        expected = None if accepted else "too_deep" if depth >= 64 else "bad_json"
+        assert dead == ([[2, expected]] if expected else []), (depth, closed, workers)
+    assert ingest == ["ingest", 2, 1]
+
+
+@pytest.mark.parametrize(("lists", "inner", "allowed"), [
+    (62, b"{}", True), (63, b"{}", False),      # an empty object at the bottom is a level too
+    (62, b'{"x": 1}', True), (63, b'{"x": 1}', False),
+    (63, b"1", True), (64, b"1", False),
+])
+def test_the_depth_limit_is_the_same_on_the_fast_path_and_line_by_line(
+        lists: int, inner: bytes, allowed: bool) -> None:
+    deep = b'{"a": ' + b"[" * lists + inner + b"]" * lists + b"}"
+    good = b'{"ok": 1}'
+    fast = read_all(io.BytesIO(b"\n".join([good, deep, good]) + b"\n"))  # a chunk Arrow takes
+    slow = read_all(io.BytesIO(b"\n".join([good, deep, b"{broken", good]) + b"\n"))  # line by line
+    for batch, bad in ((fast, []), (slow, [(3, "bad_json")])):
+        dead = [(d.line, d.reason) for d in batch.dead_letters]
+        assert dead == ([] if allowed else [(2, "too_deep")]) + bad
+        assert batch.table.num_rows == (3 if allowed else 2)
