@@ -399,35 +399,31 @@ def _valid_utf8(body: bytes) -> bool:
     return True
 
 
-def _has_long_line(body: bytes, limit: int) -> bool:
-    """Whether some line is over `limit` bytes (a CR before its LF counted, which only sends a
-    line at the limit to the exact path). Jumps to the last LF within reach, so it looks at a few
-    positions per `limit` bytes rather than every line."""
+def _long_lines(body: bytes, limit: int) -> Iterator[tuple[int, int]]:
+    """Start and end of each line of `body` over `limit` bytes (a CR before its LF counted, which
+    only sends a line at the limit to the exact path). Jumps to the last LF within reach, so
+    ordinary lines cost a few look-ups per `limit` bytes rather than one each."""
     pos, end = 0, len(body)
     while end - pos > limit:
         newline = body.rfind(b"\n", pos, pos + limit + 1)
-        if newline < 0:
-            return True
-        pos = newline + 1
-    return False
+        if newline >= 0:
+            pos = newline + 1
+            continue
+        line_end = body.find(b"\n", pos + limit)
+        line_end = end if line_end < 0 else line_end
+        yield pos, line_end
+        pos = line_end + 1
+
+
+def _has_long_line(body: bytes, limit: int) -> bool:
+    return any(True for _ in _long_lines(body, limit))
 
 
 def _may_nest_too_deep(body: bytes) -> bool:
     """Whether some line of `body` might nest deeper than SAFE_DEPTH: only a line longer than
-    SAFE_DEPTH bytes can, and only if it holds more `[` and `{` than that. Jumps from line end
-    to line end in SAFE_DEPTH strides, so ordinary lines cost a few look-ups per 4 KiB."""
-    pos, end = 0, len(body)
-    while end - pos > SAFE_DEPTH:
-        newline = body.rfind(b"\n", pos, pos + SAFE_DEPTH + 1)
-        if newline >= 0:
-            pos = newline + 1
-            continue
-        line_end = body.find(b"\n", pos + SAFE_DEPTH)
-        line_end = end if line_end < 0 else line_end
-        if body.count(b"[", pos, line_end) + body.count(b"{", pos, line_end) > SAFE_DEPTH:
-            return True
-        pos = line_end + 1
-    return False
+    SAFE_DEPTH bytes can, and only if it holds more `[` and `{` than that."""
+    return any(body.count(b"[", start, end) + body.count(b"{", start, end) > SAFE_DEPTH
+               for start, end in _long_lines(body, SAFE_DEPTH))
 
 
 def _has_inexact_float(table: pa.Table) -> bool:
