@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -111,6 +112,13 @@ OPERATORS: dict[str, str] = {
     "^@": "^@ (starts with)", "&": "&", "|": "|", "<<": "<<",
     ">>": ">>", "~": "~", "->>": "->>", "@>": "@>", "<@": "<@", "&&": "&&",
 }
+# Functions whose output size an argument sets. That argument must be a small number written in
+# the expression: `repeat(x, 2000000000)` is a short expression over a one-byte field and asks for
+# gigabytes, and DuckDB's memory_limit does not bound the strings an expression builds (measured:
+# 2.9 GB resident under a 1 GB limit). Taken from a field, the size would be the event's to choose.
+SIZED_ARGUMENTS: dict[str, int] = {"repeat": 1, "lpad": 1, "rpad": 1}  # name -> argument index
+FORMAT_FUNCTIONS = frozenset({"format", "printf"})  # the width is in the format string
+MAX_SIZE_ARGUMENT = 10_000
 # Functions whose argument may be a lambda (`list_filter(tags, t -> t LIKE 'x%')`).
 LAMBDA_FUNCTIONS = frozenset({"list_transform", "list_apply", "array_transform", "array_apply",
                               "list_filter", "array_filter"})
@@ -469,6 +477,11 @@ def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_
         refuse("sql-function-not-allowed", "DISTINCT, FILTER and ORDER BY only apply to aggregate functions, "
                f"not {name}()", "remove them")
         return
+    too_big = _size_problem(name, arguments)
+    if too_big is not None:
+        refuse("sql-size", too_big, f"write the size as a number up to {MAX_SIZE_ARGUMENT:,}, e.g. "
+               "lpad(code, 5, '0'); sizes taken from fields are not allowed")
+        return
     for argument in arguments:
         if isinstance(argument, dict) and argument.get("class") == "LAMBDA" and name in LAMBDA_FUNCTIONS:
             if argument.get("syntax_type") == "SINGLE_ARROW":
@@ -479,6 +492,28 @@ def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_
             children(argument.get("expr"), params=lambda_params | params)
         else:
             children(argument)
+
+
+def _size_problem(name: str, arguments: list[Any]) -> str | None:
+    """Why the size `name` would build is not known to be small (see SIZED_ARGUMENTS), or None."""
+    if name in SIZED_ARGUMENTS:
+        index = SIZED_ARGUMENTS[name]
+        if index >= len(arguments):
+            return None  # DuckDB refuses the call itself
+        literal = (arguments[index] or {}).get("literal") or {}
+        text = str(literal.get("text", ""))
+        if literal.get("kind") != "INTEGER" or not text.isdigit() or int(text) > MAX_SIZE_ARGUMENT:
+            return (f"{name}() builds a value as long as its argument {index + 1} says; it must be a "
+                    f"whole number from 0 to {MAX_SIZE_ARGUMENT:,} written in the expression")
+    if name in FORMAT_FUNCTIONS and arguments:
+        literal = (arguments[0] or {}).get("literal") or {}
+        text = str(literal.get("text", ""))
+        if literal.get("kind") != "STRING":
+            return f"{name}() takes its format from a field here; write the format as a literal string"
+        if "*" in text or re.search(r"\{[^{}]*\{", text) or re.search(r"\d{5,}", text):
+            return (f"{name}()'s format sets a width or precision that is too large, or takes one from "
+                    f"an argument; widths up to {MAX_SIZE_ARGUMENT - 1:,} written in the format are allowed")
+    return None
 
 
 def _lambda_params(lhs: Any) -> frozenset[str]:
@@ -577,6 +612,9 @@ def describe_sql() -> str:
         "- Bare `current_date`/`current_timestamp` read the clock and are refused; quote a field with "
         "such a name (`\"current_date\"`). Write fields as `x`, not `batch.x`.",
         f"- At most {MAX_EXPRESSION_CHARS:,} characters and {MAX_DEPTH} levels of nesting.",
+        f"- Sizes that build a value (`repeat(s, n)`, `lpad`/`rpad(s, n, c)`, widths in `printf`/`format` "
+        f"strings) are whole numbers up to {MAX_SIZE_ARGUMENT:,} written in the expression, and the "
+        "format string is a literal: an event must not choose how much memory an expression takes.",
         "",
         "Examples:",
         "",

@@ -103,6 +103,16 @@ HOSTILE: list[tuple[str, str, str, str]] = [
     ("user\u200b = 'root'", "predicate", "sql-syntax", "ZERO WIDTH SPACE"),
     ("a\x00b = 1", "predicate", "sql-syntax", "U+0000"),
     ("x" * 100_000, "scalar", "sql-too-long", "the limit is 4,096"),
+    # a short expression over a one-byte field that asks DuckDB for gigabytes (memory_limit does
+    # not bound the strings an expression builds), or lets the event choose the size
+    ("length(repeat(host, 2000000000)) > 0", "predicate", "sql-size", "from 0 to 10,000"),
+    ("repeat(x, n)", "scalar", "sql-size", "written in the expression"),
+    ("lpad(code, 1000000000, '0')", "scalar", "sql-size", "argument 2"),
+    ("rpad(code, CAST('9' || '99999999' AS INT), ' ')", "scalar", "sql-size", "from 0 to 10,000"),
+    ("printf('%999999999d', 1)", "scalar", "sql-size", "too large"),
+    ("printf('%*d', width, 1)", "scalar", "sql-size", "takes one from an argument"),
+    ("format('{:>{}}', x, width)", "scalar", "sql-size", "takes one from an argument"),
+    ("printf(message, 1)", "scalar", "sql-size", "literal string"),
 ]
 
 
@@ -113,6 +123,16 @@ def test_hostile_expression_is_refused_with_a_clear_diagnostic(expr: str, role: 
     assert problems, f"accepted: {expr}"
     assert problems[0].code == code, problems
     assert words in problems[0].render(), problems[0].render()
+
+
+def test_sized_functions_with_small_literal_sizes_are_allowed_and_run() -> None:
+    exprs = {"p": "lpad(code, 5, '0')", "r": "repeat('-', 3)", "f": "printf('%05d|%-4s|', n, code)",
+             "g": "format('{:>6}', code)", "l": "repeat([1, 2], 2)"}
+    for expr in exprs.values():
+        assert check_expression(expr, role="scalar") == [], expr
+    out = SqlBatch().select(pa.table({"code": ["7"], "n": [42]}), exprs, keep_rest=False)
+    assert out.to_pylist() == [{"p": "00007", "r": "---", "f": "00042|7   |", "g": "     7",
+                                "l": [1, 2, 1, 2]}]
 
 
 POSITIVE: list[tuple[str, str, set[str]]] = [
