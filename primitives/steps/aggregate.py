@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from primitives.batch import (
+    JSON_TAG,
     canonical,
     concat,
     from_events,
@@ -55,7 +56,6 @@ from primitives.windows import (
 DEFAULT_TIME_FIELD = "timestamp"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED = {"window_start", "window_end"}
-_JSON_TAG = {b"logbus.json": b"1"}
 _FLUSH = 2**62
 
 EXAMPLE = """\
@@ -332,7 +332,7 @@ class AggregateRuntime:
             column = _plain_numbers(out.column(name).combine_chunks())
             columns[name] = column
             tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
-            fields.append(pa.field(name, column.type, metadata=_JSON_TAG if tagged else None))
+            fields.append(pa.field(name, column.type, metadata=JSON_TAG if tagged else None))
         return pa.table(list(columns.values()), schema=pa.schema(fields))
 
 
@@ -364,7 +364,7 @@ def _canonical_keys(table: pa.Table, by: list[str]) -> pa.Table:
             spelled = [None if v is None else json.dumps(v, sort_keys=True, ensure_ascii=False)
                        for v in values]
             array, tagged = pa.array(spelled, pa.string()), True
-        field = pa.field(name, array.type, metadata=_JSON_TAG if tagged else None)
+        field = pa.field(name, array.type, metadata=JSON_TAG if tagged else None)
         table = table.set_column(index, field, array)
     return table
 
