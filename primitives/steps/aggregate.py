@@ -331,7 +331,7 @@ class AggregateRuntime:
         for name in [*self.options.by, *self.options.measures]:
             column = _plain_numbers(out.column(name).combine_chunks())
             columns[name] = column
-            tagged = name in self.options.by and (schema.field(name).metadata or {}).get(b"logbus.json")
+            tagged = name in self.options.by and is_json_field(schema.field(name))
             fields.append(pa.field(name, column.type, metadata=JSON_TAG if tagged else None))
         return pa.table(list(columns.values()), schema=pa.schema(fields))
 
@@ -384,7 +384,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     """
     if len(tables) == 1:
         return tables[0]
-    tags = {(f.name, (f.metadata or {}).get(b"logbus.json") == b"1") for t in tables for f in t.schema}
+    tags = {(f.name, is_json_field(f)) for t in tables for f in t.schema}
     if len(tags) == len({name for name, _ in tags}):
         try:
             return pa.concat_tables(tables, promote_options="permissive")
