@@ -39,6 +39,7 @@ from stream.log import EmbeddedLog, InvalidName, UnknownStream
 from stream.registry import STATUSES, PipelineRegistry, UnknownPipeline
 from stream.sinks.query import QueryError, run_query
 from stream.sinks.views import tenant_connection
+from stream.statedb import open_wal
 from stream.trial import TrialReport, run_trial, run_trial_spec
 from stream.validation import validate_pipeline
 
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, pipeline TEXT NOT NULL, code_hash TEXT NOT NULL,
     ok INTEGER NOT NULL, summary TEXT NOT NULL, created_at REAL NOT NULL);
 """
+
+
+def _create_runs_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(RUNS_SCHEMA)
+
 
 Progress = Callable[[int, int | None, str], None]  # (done, total, message)
 
@@ -118,10 +124,12 @@ class RunStore:
     def __init__(self, data_dir: str | Path) -> None:
         path = Path(data_dir) / "state" / "runs.sqlite3"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.executescript(RUNS_SCHEMA)
+        self._conn = open_wal(path, _create_runs_schema)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
 
     def add(self, tenant: str, pipeline: str, code_hash: str, ok: bool, summary: dict[str, Any]) -> str:
         run_id = "run_" + secrets.token_hex(8)

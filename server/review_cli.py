@@ -14,6 +14,7 @@ author's token is refused, so an agent holding one cannot approve its own change
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -139,7 +140,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from server.lifecycle import RunStore
 
         review = reviews.show(who.tenant, args.review_id)
-        review["run"] = RunStore(_data(args)).get(who.tenant, review["run_id"])
+        with contextlib.closing(RunStore(_data(args))) as runs:
+            review["run"] = runs.get(who.tenant, review["run_id"])
         return review
 
     return _run(args, "show", show)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from primitives.spec import code_hash as hash_of
 from primitives.spec import load_spec
 from stream.registry import PipelineRegistry
+from stream.statedb import open_wal
 
 if TYPE_CHECKING:
     from stream.executor import Executor
@@ -37,6 +38,11 @@ CREATE TABLE IF NOT EXISTS comments (
     id INTEGER PRIMARY KEY AUTOINCREMENT, review_id TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
     at REAL NOT NULL);
 """
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
 COLUMNS = ("review_id", "pipeline", "code_hash", "run_id", "spec_text", "summary", "author", "status",
            "created_at", "reviewer", "decided_at", "comment", "version")
 
@@ -56,10 +62,7 @@ class Reviews:
                  executor: Executor | None = None) -> None:
         path = Path(data_dir) / "state" / "reviews.sqlite3"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_wal(path, _create_schema)
         self._lock = threading.Lock()
         self.registry, self.executor = registry, executor
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from stream.log import InvalidName, check_tenant
+from stream.statedb import open_wal
 
 Role = Literal["author", "reviewer", "ingest", "admin"]
 ROLES: tuple[Role, ...] = ("author", "reviewer", "ingest", "admin")
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
     role TEXT NOT NULL, label TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, revoked_at REAL);
 """
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
 
 
 class TokenError(ValueError):
@@ -62,10 +68,7 @@ class TokenStore:
         path = Path(data_dir) / "state" / DB_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_wal(path, _create_schema)
         self._lock = threading.Lock()
         path.chmod(0o600)  # hashes only, but nobody else needs to read them
 

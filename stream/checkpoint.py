@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stream.statedb import open_wal
+
 DB_FILE = "checkpoints.sqlite3"
 
 SCHEMA = """
@@ -37,6 +39,15 @@ CREATE TABLE IF NOT EXISTS history (
     tenant TEXT NOT NULL, pipeline TEXT NOT NULL, first_offset INTEGER NOT NULL, max_time INTEGER,
     PRIMARY KEY (tenant, pipeline, first_offset));
 """
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")}
+    for column in ("state TEXT", "state_offset INTEGER"):  # data directories from before snapshots
+        if column.split()[0] not in columns:
+            conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {column}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +75,7 @@ class CheckpointStore:
     def __init__(self, data_dir: str | Path) -> None:
         path = Path(data_dir) / "state" / DB_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(checkpoints)")}
-        for column in ("state TEXT", "state_offset INTEGER"):  # data directories from before snapshots
-            if column.split()[0] not in columns:
-                self._conn.execute(f"ALTER TABLE checkpoints ADD COLUMN {column}")
+        self._conn = open_wal(path, _create_schema)
         self._lock = threading.Lock()
 
     def close(self) -> None:

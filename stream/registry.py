@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from primitives.spec import NAME, PipelineSpec
+from stream.statedb import open_wal
 
 Status = Literal["active", "paused", "retired"]
 STATUSES: tuple[Status, ...] = ("active", "paused", "retired")
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER, action TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_by_pipeline ON audit (tenant, pipeline, id);
 """
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
 
 
 class RegistryError(ValueError):
@@ -84,10 +90,7 @@ class PipelineRegistry:
         path = Path(data_dir) / "state" / DB_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_wal(path, _create_schema)
         self._lock = threading.Lock()
 
     def close(self) -> None:

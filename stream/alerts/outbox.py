@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from primitives.spec import AlertDestination
 from stream.log.names import check_tenant
+from stream.statedb import open_wal
 
 __all__ = ["Claim", "Outbox", "destination_label"]
 
@@ -68,6 +69,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
 """
 
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(SCHEMA)
+
 BUSY_TIMEOUT_MS = 30_000
 STATES = ("pending", "delivered", "failed", "superseded")
 
@@ -92,12 +98,7 @@ class Outbox:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=BUSY_TIMEOUT_MS / 1000)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._conn.executescript(SCHEMA)
+        self._conn = open_wal(self.path, _create_schema, busy_timeout_s=BUSY_TIMEOUT_MS / 1000)
         self._lock = threading.Lock()
         # Set on every enqueue, so an in-process Deliverer wakes at once instead of at its next poll.
         self.changed = threading.Event()

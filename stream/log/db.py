@@ -16,11 +16,12 @@ handed to its locked-down DuckDB connection alone) and lets tenants write in par
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from stream.statedb import setup_lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -80,23 +81,8 @@ BUSY_TIMEOUT_MS = 30_000
 
 def open_writer(path: Path) -> sqlite3.Connection:
     """The tenant's read-write connection; creates the database on first use."""
-    with _setup_lock(path):
+    with setup_lock(path):  # see stream.statedb: two processes may create the same tenant
         return _open_writer(path)
-
-
-@contextlib.contextmanager
-def _setup_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on a file beside the database while a writer sets it up.
-
-    Switching a new database to WAL takes SQLite's exclusive lock, and SQLite answers "database is
-    locked" at once instead of calling the busy handler when another process is doing the same
-    (two `logbus ingest --local` processes, or one beside the server, opening a new tenant): seen
-    in 1 of 4 trials with four processes. Set-up is a few statements, so waiting is cheap; appends
-    do not take this lock (BEGIN IMMEDIATE and the busy timeout order them).
-    """
-    with open(path.with_name(path.name + ".setup-lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 def _open_writer(path: Path) -> sqlite3.Connection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -12,8 +11,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +27,6 @@ from stream.log import (
     UnknownStream,
 )
 from stream.log.codec import encode_table
-from stream.log.db import open_writer
 from stream.log.embedded import DB_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -372,38 +368,6 @@ def test_two_writer_processes_never_get_the_same_offsets(tmp_path: Path) -> None
     assert ranges == [(i * 100, i * 100 + 100) for i in range(60)]
     with EmbeddedLog(tmp_path) as log:
         assert _all(log, "acme", "web").num_rows == 6000
-
-
-_OPENERS = 4
-
-
-def _open_when_all_ready(paths: list[Path], barrier: Barrier, errors: Queue[str]) -> None:
-    """Opens each new database at the same moment as the other processes; reports the errors."""
-    for path in paths:
-        barrier.wait(timeout=60)
-        try:
-            open_writer(path).close()
-        except sqlite3.OperationalError as exc:
-            errors.put(f"{path.name}: {exc}")
-
-
-def test_processes_that_create_the_same_database_at_once_all_get_a_writer(tmp_path: Path) -> None:
-    # Without the set-up lock, switching to WAL failed with "database is locked" in about one
-    # round in four (and once in CI, in the test above).
-    paths = [tmp_path / f"tenant{i}.db" for i in range(30)]
-    context = multiprocessing.get_context("fork")
-    barrier, errors = context.Barrier(_OPENERS), context.Queue()
-    openers = [context.Process(target=_open_when_all_ready, args=(paths, barrier, errors))
-               for _ in range(_OPENERS)]
-    for opener in openers:
-        opener.start()
-    for opener in openers:
-        opener.join(timeout=120)
-    assert [opener.exitcode for opener in openers] == [0] * _OPENERS
-    assert [errors.get() for _ in range(errors.qsize())] == []
-    for path in paths:
-        mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
-        assert mode == "wal"
 
 
 def test_every_acknowledged_append_survives_kill_9_and_nothing_half_written_shows(tmp_path: Path) -> None:
