@@ -1,9 +1,9 @@
 """Reading event files into Arrow batches: NDJSON and raw lines.
 
 Bad input never stops a read. Every line that cannot become an event (malformed JSON, invalid
-UTF-8, a JSON value that is not an object, a line over the size cap, nesting deeper than the cap)
-becomes a dead letter carrying its 1-based line number and the reason, and the good lines around
-it are kept. Line endings: LF, CRLF and bare CR all end a line (loghub files mix them); empty
+UTF-8, a JSON value that is not an object, a line over the size cap, nesting deeper than the cap,
+an event past the field budget of stream.widths) becomes a dead letter carrying its 1-based line
+number and the reason, and the good lines around it are kept. Line endings: LF, CRLF and bare CR all end a line (loghub files mix them); empty
 lines are skipped.
 
 NDJSON takes a fast path through Arrow's JSON reader (chunks parsed side by side where there is
@@ -34,6 +34,15 @@ from primitives.batch import concat, from_events, slice_rows
 from primitives.runtime import DeadLetter
 from stream.compressed import DECOMPRESSION_ERRORS, describe, maybe_gunzip
 from stream.prefetch import map_ahead
+from stream.widths import (
+    MAX_FIELDS,
+    FieldBudget,
+    FieldPath,
+    event_leaves,
+    fits,
+    schema_leaves,
+    too_many_fields,
+)
 
 Format = Literal["ndjson", "lines"]
 FORMATS: tuple[str, ...] = ("ndjson", "lines")
@@ -56,6 +65,18 @@ TYPICAL_EVENT_BYTES = 512
 MIN_READ_BYTES = 64 << 10
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 _INNER_BLANK_LINE = r"\n[ \t\r]*\n"  # an empty or whitespace-only line between two others
+_KEY_END = r'"[ \t\r\n]*:'  # the end of every key (and of some strings that hold `":`)
+# Type inference is handed at most a probe of this many bytes, and rows x keys of at most this
+# many cells (see _read_json): ~80 ms in the worst case, where every key is new. A probe of
+# clean logs holds 30-200 lines and costs well under a millisecond.
+PROBE_BYTES = 16 << 10
+PROBE_CELLS = 1 << 20
+# Arrow spends ~15 us on each column it makes: a probe holds at most this many keys (the cap on
+# distinct fields, counting keys that repeat in a list of objects generously).
+PROBE_KEYS = 16 * MAX_FIELDS
+# Probes a blob's field count may take (_count_fields): enough to find a few dozen fields that
+# first appear late in a chunk, and a bound on the work input built to need more.
+PROBES_PER_BLOB = 64
 _BOM = b"\xef\xbb\xbf"
 _EXACT_INTEGERS = float(2**53)  # every integer up to this magnitude is exactly a float64
 # orjson reads an integer outside [-2**63, 2**64) as a float, silently; every such integer has
@@ -304,9 +325,10 @@ def _fast_chunk(body: bytes, endings: int) -> pa.Table | None:
         return None
     if _has_blank_line(body) or _has_long_line(body, MAX_LINE_BYTES) or _may_nest_too_deep(body):
         return None
-    table = _read_json(body)
     # with no bare CR, `endings` (from _chunks) is the count of LFs: one per line but a last one
-    if table is None or table.num_rows != endings + (not body.endswith(b"\n")):
+    rows = endings + (not body.endswith(b"\n"))
+    table = _read_json(body, rows)
+    if table is None or table.num_rows != rows:
         return None
     if _has_inexact_float(table):
         return None
@@ -326,7 +348,7 @@ def _parse_lines(lines: list[bytes], first_line: int) -> Iterator[InputBatch]:
             if len(line) > SAFE_DEPTH and _may_nest_too_deep(line):
                 if index > start:
                     yield from _parse_lines(lines[start:index], first_line + start)
-                yield _slow_ndjson([line], first_line + index)
+                yield from _slow_ndjson([line], first_line + index)
                 start = index + 1
         if start < len(lines):
             yield from _parse_lines(lines[start:], first_line + start)
@@ -337,13 +359,97 @@ def _parse_lines(lines: list[bytes], first_line: int) -> Iterator[InputBatch]:
         if table is not None:
             yield InputBatch(table, [], first_line)
             return
-    yield _slow_ndjson(lines, first_line)
+    yield from _slow_ndjson(lines, first_line)
 
 
-def _read_json(blob: bytes) -> pa.Table | None:
-    """Arrow's reader over `blob`, or None where it refuses it. Where Arrow inferred timestamps
-    from ISO strings the blob is read again with those columns forced to strings: events keep
-    the strings the file holds."""
+def _read_json(blob: bytes, rows: int) -> pa.Table | None:
+    """Arrow's reader over `blob` (`rows` lines), or None where it refuses it or where the table
+    would be wider or sparser than stream.widths allows.
+
+    Arrow's type inference costs rows x fields, and a blob can hold as many fields as lines, so it
+    is never handed more than a probe before the blob's fields are known: the first lines
+    (`_probe_end`) are inferred, and the rest is read against their schema, where Arrow stops at
+    the first field or type the schema lacks. That read gives the same table inference would: the
+    schema names every field, in the order inference would find them, and Arrow converts only
+    integers to floats against it, which inference does too. Where it stops, the blob's fields
+    are first counted piece by piece (`_count_fields`) and only then inferred whole."""
+    end = _probe_end(blob)
+    probe = _infer(blob[:end]) if end else None
+    if probe is None or not fits(len(schema_leaves(probe.schema)), rows, len(blob)):
+        return None
+    if end == len(blob):
+        return probe
+    table = _read_against(blob, probe.schema)
+    if table is not None:
+        return table
+    fields = _count_fields(blob[end:], schema_leaves(probe.schema), rows, len(blob), [PROBES_PER_BLOB])
+    return None if fields is None else _infer(blob)
+
+
+def _probe_end(blob: bytes) -> int:
+    """Where the probe ends: whole lines, at most PROBE_BYTES (or the first line), holding few
+    enough keys that inferring them is cheap whatever they are: rows x keys at most PROBE_CELLS.
+    0 when even the first line holds more keys than that: the per-line path reads it."""
+    end = len(blob)
+    if end > PROBE_BYTES:
+        end = blob.rfind(b"\n", 0, PROBE_BYTES) + 1 or blob.find(b"\n") + 1 or len(blob)
+    while True:
+        rows = blob.count(b"\n", 0, end - 1) + 1
+        keys = _keys_at_most(blob, end)
+        if keys <= PROBE_KEYS and rows * max(keys, 1) <= PROBE_CELLS:
+            return end
+        if rows == 1:
+            return 0
+        end = blob.rfind(b"\n", 0, end // 2) + 1 or blob.find(b"\n") + 1
+
+
+def _keys_at_most(blob: bytes, end: int) -> int:
+    """An upper bound on the keys in blob[:end]: every key is a string followed by a colon."""
+    whole = _as_binary_array(memoryview(blob)[:end])
+    return int(pc.count_substring_regex(whole, _KEY_END)[0].as_py())
+
+
+def _count_fields(blob: bytes, known: set[FieldPath], rows: int, nbytes: int,
+                  probes: list[int]) -> set[FieldPath] | None:
+    """`known` plus the leaf fields of `blob`, found by probing and reading against the probe's
+    schema, halving where that stops; None once they no longer fit a table of `rows` from
+    `nbytes`, when a part cannot be read, or when `probes` (shared, counted down) run out: then
+    the per-line path, whose cost is linear, reads the blob."""
+    probes[0] -= 1
+    end = _probe_end(blob)
+    probe = _infer(blob[:end]) if end and probes[0] >= 0 else None
+    if probe is None:
+        return None
+    known = known | schema_leaves(probe.schema)
+    if not fits(len(known), rows, nbytes):
+        return None
+    if end == len(blob) or _read_against(blob[end:], probe.schema) is not None:
+        return known
+    rest = blob[end:]
+    middle = rest.rfind(b"\n", 0, len(rest) // 2) + 1 or rest.find(b"\n") + 1 or len(rest)
+    for part in (rest[:middle], rest[middle:]):
+        if part:
+            found = _count_fields(part, known, rows, nbytes, probes)
+            if found is None:
+                return None
+            known = found
+    return known
+
+
+def _read_against(blob: bytes, schema: pa.Schema) -> pa.Table | None:
+    """`blob` read with `schema`; None where a line has a field or a type it lacks."""
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    try:
+        return pa_json.read_json(io.BytesIO(blob), read_options=_read_options(len(blob)),
+                                 parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+
+
+def _infer(blob: bytes) -> pa.Table | None:
+    """Arrow's reader with type inference, or None where it refuses `blob`. Where Arrow inferred
+    timestamps from ISO strings the blob is read again with those columns forced to strings:
+    events keep the strings the file holds."""
     read_options = _read_options(len(blob))
     try:
         table = pa_json.read_json(io.BytesIO(blob), read_options=read_options)
@@ -386,9 +492,13 @@ def _has_inner_blank_line(body: bytes) -> bool:
     """`_INNER_BLANK_LINE` searched by Arrow (RE2) over the chunk's own bytes, without a copy: a
     third of the time `re` takes, and with the GIL released, so the other parsing threads and
     the pipeline keep going (`re` held it for ~3 ms per 8 MiB chunk)."""
-    offsets = pa.array([0, len(body)], pa.int64()).buffers()[1]
-    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(body)])
-    return bool(pc.match_substring_regex(whole, _INNER_BLANK_LINE)[0].as_py())
+    return bool(pc.match_substring_regex(_as_binary_array(body), _INNER_BLANK_LINE)[0].as_py())
+
+
+def _as_binary_array(data: bytes | memoryview) -> pa.Array:
+    """`data` as a one-value Arrow binary array, without a copy, for Arrow's regex kernels."""
+    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
 
 
 def _valid_utf8(body: bytes) -> bool:
@@ -504,9 +614,13 @@ def _too_deep(schema: pa.Schema) -> bool:
     return False
 
 
-def _slow_ndjson(lines: list[bytes], first_line: int) -> InputBatch:
+def _slow_ndjson(lines: list[bytes], first_line: int) -> Iterator[InputBatch]:
+    """Line by line: an event that would take its table past the field budget (stream.widths) is a
+    dead letter, and one that would make it too sparse starts the next table."""
     events: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
+    budget = FieldBudget()
+    table_line = first_line
     for offset, raw in enumerate(lines):
         if not raw or raw.isspace():
             continue
@@ -520,12 +634,46 @@ def _slow_ndjson(lines: list[bytes], first_line: int) -> InputBatch:
                 error = _json_error(raw, exc)
             else:
                 if isinstance(value, dict):
-                    events.append(value)
-                    continue
-                error = ("not_an_object", f"line holds a JSON {type(value).__name__}, not an object; "
+                    leaves = event_leaves(value)
+                    placed = budget.place(leaves, len(raw))
+                    if placed != "refused":
+                        if placed == "starts":
+                            yield InputBatch(from_events(events), dead, table_line)
+                            events, dead, table_line = [], [], first_line + offset
+                        events.append(value)
+                        continue
+                    error = ("too_many_fields", too_many_fields(leaves, budget))
+                else:
+                    error = ("not_an_object", f"line holds a JSON {type(value).__name__}, not an object; "
                          "send one JSON object per line")
         dead.append(_dead(first_line + offset, raw, *error))
-    return InputBatch(from_events(events), dead, first_line)
+    yield InputBatch(from_events(events), dead, table_line)
+
+
+def event_tables(events: list[dict[str, Any]]) -> Iterator[InputBatch]:
+    """Events given as values (an agent's inline test events) as tables, under the same field
+    budget as events read from input; the dead letter of the n-th event says `event n`."""
+    batch: list[dict[str, Any]] = []
+    dead: list[DeadLetter] = []
+    budget = FieldBudget()
+    for number, event in enumerate(events, start=1):
+        leaves = event_leaves(event)
+        try:
+            text = orjson.dumps(event, default=str)
+        except TypeError:  # a lone surrogate: from_events says where, as the agent's error
+            text = json.dumps(event, default=str).encode()
+        placed = budget.place(leaves, len(text))
+        if placed == "refused":
+            preview = text[:200].decode("utf-8", "replace")
+            dead.append(DeadLetter(step="input", reason="too_many_fields",
+                                   message=f"event {number}: {too_many_fields(leaves, budget)}",
+                                   event={"raw": preview, "event": number}))
+            continue
+        if placed == "starts":
+            yield InputBatch(from_events(batch), dead)
+            batch, dead = [], []
+        batch.append(event)
+    yield InputBatch(from_events(batch), dead)
 
 
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:

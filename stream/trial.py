@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pyarrow as pa
 
-from primitives.batch import from_events, slice_rows, to_events
+from primitives.batch import slice_rows, to_events
 from primitives.runtime import CodeError, CodeResult, DeadLetter
 from primitives.signals import latest_signals
 from stream.engine import BatchOutput, Engine, sandbox_code_runner
-from stream.inputs import Format, read_events
+from stream.inputs import Format, event_tables, read_events
 from stream.validation import Validation, validate_pipeline, validate_spec
 
 if TYPE_CHECKING:
@@ -165,7 +165,9 @@ def _batches(source: Any, events: list[dict[str, Any]] | None, fmt: Format, limi
              report: TrialReport) -> Iterable[pa.Table]:
     if events is not None:
         chosen = events if limit is None else events[:limit]
-        yield from_events(chosen)
+        for batch in event_tables(chosen):  # the readers' field budget: a list of ids as keys is no OOM
+            _count_dead(report, batch.dead_letters)
+            yield batch.table
         return
     if source is None:
         raise ValueError("give either a source file or a list of events")
