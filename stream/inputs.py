@@ -3,8 +3,8 @@
 Bad input never stops a read. Every line that cannot become an event (malformed JSON, invalid
 UTF-8, a JSON value that is not an object, a line over the size cap, nesting deeper than the cap,
 an event past the field budget of stream.widths) becomes a dead letter carrying its 1-based line
-number and the reason, and the good lines around it are kept. Line endings: LF, CRLF and bare CR all end a line (loghub files mix them); empty
-lines are skipped.
+number and the reason, and the good lines around it are kept. Line endings: LF, CRLF and bare CR
+all end a line (loghub files mix them); empty lines are skipped.
 
 NDJSON takes a fast path through Arrow's JSON reader (chunks parsed side by side where there is
 more than one core) and falls back, for a chunk that it refuses, to a per-line parse that can say

@@ -34,6 +34,14 @@ def fits(fields: int, rows: int, nbytes: int) -> bool:
     return fields <= MAX_FIELDS and rows * fields <= CELLS_PER_BYTE * nbytes
 
 
+def may_join(fields: int, rows: int, cells: int) -> bool:
+    """Whether tables holding `cells` cells between them may become one table of `rows` rows and
+    `fields` leaf fields (the union): at most MAX_FIELDS, and at most twice the cells they hold
+    apart, each row counted as a cell at least (rows without fields). Tables of one schema always
+    may; tables of disjoint fields soon may not."""
+    return fields <= MAX_FIELDS and rows * fields <= 2 * (cells + rows)
+
+
 def schema_leaves(schema: pa.Schema) -> set[FieldPath]:
     """The leaf fields of an Arrow schema (a struct's children, a list's values), walked without
     recursion: readers hand over schemas nested up to thousands of levels."""

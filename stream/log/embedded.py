@@ -59,6 +59,7 @@ from stream.log.queries import (
 )
 from stream.log.records import AppendResult, StoredBatch, StreamInfo, StreamSettings
 from stream.log.retention import RetentionReport, purge_expired, retain_stream
+from stream.widths import may_join, schema_leaves
 
 DB_FILE = "log.sqlite3"
 DAY = 86_400.0
@@ -272,17 +273,27 @@ class EmbeddedLog:
         tables: list[pa.Table] = []
         schema: pa.Schema | None = None
         next_offset = from_offset
+        rows = cells = 0
         with self._scan(tenant, stream, from_offset, max_events) as batches:
             for batch in batches:
+                batch_cells = batch.table.num_rows * len(schema_leaves(batch.table.schema))
                 if schema is not None:
                     try:
-                        schema = pa.unify_schemas([schema, batch.table.schema], promote_options="permissive")
+                        joined = pa.unify_schemas([schema, batch.table.schema], promote_options="permissive")
                     except (pa.ArrowTypeError, pa.ArrowInvalid):
                         break  # a type change: the next read starts at this batch
+                    # batches of different fields (sparse input, stored within the readers'
+                    # field budget) would cost rows x all their fields as one table: stop there
+                    if not may_join(len(schema_leaves(joined)), rows + batch.table.num_rows,
+                                    cells + batch_cells):
+                        break
+                    schema = joined
                 else:
                     schema = batch.table.schema
                 tables.append(batch.table)
                 next_offset = batch.next_offset
+                rows += batch.table.num_rows
+                cells += batch_cells
         if not tables:
             return pa.table({}), next_offset
         if len(tables) == 1:

@@ -392,3 +392,26 @@ def test_every_acknowledged_append_survives_kill_9_and_nothing_half_written_show
         tag = rows[first][0]
         assert rows[first : first + count] == [(tag, rows[first][1] + k) for k in range(count)]
     assert rows[end - 1][1] % 100 == 99  # the last stored batch ends where its append ended
+
+
+def test_a_read_does_not_join_batches_of_different_fields_into_one_sparse_table(log: EmbeddedLog) -> None:
+    # 40 batches of 100 events, each batch with 20 fields of its own (stored within the readers'
+    # field budget): one table of all of them would be 4,000 rows x 800 fields, 40 times the cells
+    for b in range(40):
+        log.append("acme", "web", pa.table({f"b{b}_f{f}": list(range(100)) for f in range(20)}))
+    offset, reads, values = 0, 0, {}
+    while offset < log.end_offset("acme", "web"):
+        table, offset = log.read("acme", "web", offset, 100_000)
+        assert table.num_rows * table.num_columns <= 2 * table.num_rows * 20  # twice what it holds
+        values.update({name: [v for v in table.column(name).to_pylist() if v is not None]
+                       for name in table.column_names})
+        reads += 1
+    assert offset == 4000 and 20 <= reads < 40
+    assert len(values) == 800 and all(column == list(range(100)) for column in values.values())
+
+
+def test_a_read_joins_batches_of_one_schema_whole(log: EmbeddedLog) -> None:
+    for b in range(40):
+        log.append("acme", "web", _numbers(b * 100, b * 100 + 100))
+    table, next_offset = log.read("acme", "web", 0, 100_000)
+    assert next_offset == 4000 and table.column("n").to_pylist() == list(range(4000))
