@@ -37,7 +37,6 @@ from stream.prefetch import map_ahead
 from stream.widths import (
     MAX_FIELDS,
     FieldBudget,
-    FieldPath,
     event_leaves,
     fits,
     schema_leaves,
@@ -74,8 +73,11 @@ PROBE_CELLS = 1 << 20
 # Arrow spends ~15 us on each column it makes: a probe holds at most this many keys (the cap on
 # distinct fields, counting keys that repeat in a list of objects generously).
 PROBE_KEYS = 16 * MAX_FIELDS
-# Probes a blob's field count may take (_count_fields): enough to find a few dozen fields that
-# first appear late in a chunk, and a bound on the work input built to need more.
+# What is read against the schema known so far in one go, once a chunk's probe missed a field
+# (_Pieces); and how many pieces a chunk may halve, or parts infer, before the per-line path (whose
+# cost is linear) reads it instead: enough for a few dozen fields that first come late, and a bound
+# on the work that input built to need more can cause.
+PIECE_BYTES = 2 << 20
 PROBES_PER_BLOB = 64
 _BOM = b"\xef\xbb\xbf"
 _EXACT_INTEGERS = float(2**53)  # every integer up to this magnitude is exactly a float64
@@ -367,12 +369,11 @@ def _read_json(blob: bytes, rows: int) -> pa.Table | None:
     would be wider or sparser than stream.widths allows.
 
     Arrow's type inference costs rows x fields, and a blob can hold as many fields as lines, so it
-    is never handed more than a probe before the blob's fields are known: the first lines
-    (`_probe_end`) are inferred, and the rest is read against their schema, where Arrow stops at
-    the first field or type the schema lacks. That read gives the same table inference would: the
-    schema names every field, in the order inference would find them, and Arrow converts only
-    integers to floats against it, which inference does too. Where it stops, the blob's fields
-    are first counted piece by piece (`_count_fields`) and only then inferred whole."""
+    is never handed more than a probe: the first lines (`_probe_end`) are inferred, and the rest
+    is read against their schema, where Arrow stops at the first field or type the schema lacks.
+    That read gives the same table inference would: the schema names every field, in the order
+    inference would find them, and Arrow converts only integers to floats against it, which
+    inference does too. Where it stops, the rest is read in pieces (`_Pieces`)."""
     end = _probe_end(blob)
     probe = _infer(blob[:end]) if end else None
     if probe is None or not fits(len(schema_leaves(probe.schema)), rows, len(blob)):
@@ -382,8 +383,61 @@ def _read_json(blob: bytes, rows: int) -> pa.Table | None:
     table = _read_against(blob, probe.schema)
     if table is not None:
         return table
-    fields = _count_fields(blob[end:], schema_leaves(probe.schema), rows, len(blob), [PROBES_PER_BLOB])
-    return None if fields is None else _infer(blob)
+    return _Pieces(probe, rows, len(blob)).read(blob, end)
+
+
+class _Pieces:
+    """The rest of a blob after its probe, read PIECE_BYTES at a time against the schema known so
+    far. A piece Arrow stops in is halved until the part with the new field or type is small
+    enough to infer alone (a probe's size); its schema joins the known one by Arrow's permissive
+    promotion, which follows inference's rules (an int and a float field make a float one, null
+    joins anything, structs merge their fields, a number and a string refuse), and the parts are
+    concatenated the same way. So a field that first comes late costs its chunk a few pieces'
+    reading, and a chunk of ever-new keys stops, within its field budget, at a bounded cost."""
+
+    def __init__(self, probe: pa.Table, rows: int, nbytes: int) -> None:
+        self.tables = [probe]
+        self.schema = probe.schema
+        self.rows, self.nbytes = rows, nbytes
+        self.probes = PROBES_PER_BLOB
+
+    def read(self, blob: bytes, start: int) -> pa.Table | None:
+        while start < len(blob):
+            stop = blob.rfind(b"\n", start, start + PIECE_BYTES) + 1
+            stop = len(blob) if start + PIECE_BYTES >= len(blob) or stop <= start else stop
+            if not self._piece(blob[start:stop]):
+                return None
+            start = stop
+        try:
+            return pa.concat_tables(self.tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+
+    def _piece(self, piece: bytes) -> bool:
+        table = _read_against(piece, self.schema)
+        if table is not None:
+            self.tables.append(table)
+            return True
+        self.probes -= 1
+        end = _probe_end(piece)
+        if self.probes < 0 or end == 0:
+            return False
+        if end == len(piece):
+            inferred = _infer(piece)
+            return inferred is not None and self._join(inferred)
+        middle = piece.rfind(b"\n", 0, len(piece) // 2) + 1 or end
+        return self._piece(piece[:middle]) and self._piece(piece[middle:])
+
+    def _join(self, table: pa.Table) -> bool:
+        try:
+            schema = pa.unify_schemas([self.schema, table.schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return False  # a number and a string in one field: inference refuses it too
+        if not fits(len(schema_leaves(schema)), self.rows, self.nbytes):
+            return False
+        self.schema = schema
+        self.tables.append(table)
+        return True
 
 
 def _probe_end(blob: bytes) -> int:
@@ -407,33 +461,6 @@ def _keys_at_most(blob: bytes, end: int) -> int:
     """An upper bound on the keys in blob[:end]: every key is a string followed by a colon."""
     whole = _as_binary_array(memoryview(blob)[:end])
     return int(pc.count_substring_regex(whole, _KEY_END)[0].as_py())
-
-
-def _count_fields(blob: bytes, known: set[FieldPath], rows: int, nbytes: int,
-                  probes: list[int]) -> set[FieldPath] | None:
-    """`known` plus the leaf fields of `blob`, found by probing and reading against the probe's
-    schema, halving where that stops; None once they no longer fit a table of `rows` from
-    `nbytes`, when a part cannot be read, or when `probes` (shared, counted down) run out: then
-    the per-line path, whose cost is linear, reads the blob."""
-    probes[0] -= 1
-    end = _probe_end(blob)
-    probe = _infer(blob[:end]) if end and probes[0] >= 0 else None
-    if probe is None:
-        return None
-    known = known | schema_leaves(probe.schema)
-    if not fits(len(known), rows, nbytes):
-        return None
-    if end == len(blob) or _read_against(blob[end:], probe.schema) is not None:
-        return known
-    rest = blob[end:]
-    middle = rest.rfind(b"\n", 0, len(rest) // 2) + 1 or rest.find(b"\n") + 1 or len(rest)
-    for part in (rest[:middle], rest[middle:]):
-        if part:
-            found = _count_fields(part, known, rows, nbytes, probes)
-            if found is None:
-                return None
-            known = found
-    return known
 
 
 def _read_against(blob: bytes, schema: pa.Schema) -> pa.Table | None:

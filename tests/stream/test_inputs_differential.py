@@ -141,8 +141,9 @@ def test_any_chunking_of_hostile_lines_reads_like_the_per_line_reference(
     monkeypatch.setattr(inputs, "CHUNK_BYTES", rng.choice([16, 64, 300, 1024, 1 << 16]))
     monkeypatch.setattr(inputs, "MAX_LINE_BYTES", LINE_CAP)
     # a probe shorter than the chunk: the rest is read against the probe's schema, and where a
-    # field or a type comes late, counted piece by piece first (inputs._read_json)
+    # field or a type comes late, in pieces whose schemas join (inputs._read_json, _Pieces)
     monkeypatch.setattr(inputs, "PROBE_BYTES", rng.choice([1, 40, 120, 16 << 10]))
+    monkeypatch.setattr(inputs, "PIECE_BYTES", rng.choice([1, 50, 200, 2 << 20]))
     # mostly well-formed lines, as real files are, so that many chunks take the fast path
     lines = [rng.choice(LINES[:10]) if rng.random() < 0.8 else rng.choice(LINES) for _ in range(40)]
     data = b"".join(line + rng.choice(ENDINGS) for line in lines)
