@@ -19,6 +19,7 @@ own.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -26,7 +27,9 @@ import pyarrow as pa
 MAX_FIELDS = 1_000
 CELLS_PER_BYTE = 2
 
-FieldPath = tuple[str, ...]  # a leaf field: its keys from the top; "[]" steps into a list
+# A leaf field: a top-level key as itself, a nested one as the tuple of keys from the top ("[]"
+# steps into a list). Plain keys keep the common case (flat events) cheap: a dict's keys are a set.
+FieldPath = str | tuple[str, ...]
 
 
 def fits(fields: int, rows: int, nbytes: int) -> bool:
@@ -54,12 +57,17 @@ def schema_leaves(schema: pa.Schema) -> set[FieldPath]:
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
             pending.append(((*path, "[]"), t.value_type))
         else:
-            leaves.add(path)
+            leaves.add(path[0] if len(path) == 1 else path)
     return leaves
 
 
-def event_leaves(event: dict[str, Any]) -> set[FieldPath]:
+def event_leaves(event: dict[str, Any]) -> AbstractSet[FieldPath]:
     """The leaf fields of one parsed event, as a table built from it would have them."""
+    for value in event.values():
+        if isinstance(value, dict | list):
+            break
+    else:
+        return event.keys()  # flat: its keys are its leaves (a set-like view, no copy)
     leaves: set[FieldPath] = set()
     pending: list[tuple[FieldPath, Any]] = [((key,), value) for key, value in event.items()]
     while pending:
@@ -72,7 +80,7 @@ def event_leaves(event: dict[str, Any]) -> set[FieldPath]:
             else:  # Arrow makes [] a list of nulls: one leaf, as for [null]
                 leaves.add((*path, "[]"))
         else:
-            leaves.add(path)
+            leaves.add(path[0] if len(path) == 1 else path)
     return leaves
 
 
@@ -87,13 +95,15 @@ class FieldBudget:
         self._rows = 0
         self._nbytes = 0
 
-    def place(self, leaves: set[FieldPath], nbytes: int) -> Literal["refused", "joins", "starts"]:
+    def place(self, leaves: AbstractSet[FieldPath], nbytes: int) -> Literal["refused", "joins", "starts"]:
         """Where an event with these leaf fields, `nbytes` long, goes; "starts": a new table."""
-        new = leaves - self.fields
-        if len(self.fields) + len(new) > MAX_FIELDS:
-            return "refused"
-        self.fields |= new
-        fields = self._table_fields | leaves
+        if not leaves <= self.fields:
+            new = leaves - self.fields
+            if len(self.fields) + len(new) > MAX_FIELDS:
+                return "refused"
+            self.fields |= new
+        # the common case, an event with fields the table has, costs a subset test and no copy
+        fields = self._table_fields if leaves <= self._table_fields else self._table_fields | leaves
         starts = self._rows > 0 and not fits(len(fields), self._rows + 1, self._nbytes + nbytes)
         if starts:
             self._table_fields, self._rows, self._nbytes = set(leaves), 0, 0
@@ -104,9 +114,9 @@ class FieldBudget:
         return "starts" if starts else "joins"
 
 
-def too_many_fields(leaves: set[FieldPath], budget: FieldBudget) -> str:
+def too_many_fields(leaves: AbstractSet[FieldPath], budget: FieldBudget) -> str:
     """The dead letter's message for an event that `budget` refused."""
-    new = sorted(leaves - budget.fields)
+    new = sorted((path,) if isinstance(path, str) else path for path in leaves - budget.fields)
     shown = ", ".join(repr(".".join(path)) for path in new[:3]) + (", ..." if len(new) > 3 else "")
     return (f"event adds {len(new):,} fields ({shown}) past the limit of {MAX_FIELDS:,} distinct fields "
             "per part of the input; keys that vary (ids, timestamps) belong in values: "
