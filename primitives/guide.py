@@ -50,6 +50,9 @@ steps:                         # in order; each step is a mapping with ONE kind 
   Python (and reads as text in SQL where a batch mixes types: see the SQL section).
 - Errors in agent code never stop a pipeline: the event goes to dead letters with the error and
   the snippet line; `test_pipeline` groups them by step and line.
+- Keys name fields; values vary. Input whose keys vary (`{"<request id>": ...}`) is held to 1,000
+  distinct fields per part of the input, nested ones counted: events past that are dead letters
+  (`too_many_fields`), also among the events you pass to `test_pipeline`.
 """
 
 
