@@ -118,6 +118,7 @@ def too_many_fields(leaves: AbstractSet[FieldPath], budget: FieldBudget) -> str:
     """The dead letter's message for an event that `budget` refused."""
     new = sorted((path,) if isinstance(path, str) else path for path in leaves - budget.fields)
     shown = ", ".join(repr(".".join(path)) for path in new[:3]) + (", ..." if len(new) > 3 else "")
-    return (f"event adds {len(new):,} fields ({shown}) past the limit of {MAX_FIELDS:,} distinct fields "
+    fields = f"{len(new):,} field" + ("" if len(new) == 1 else "s")
+    return (f"event adds {fields} ({shown}) past the limit of {MAX_FIELDS:,} distinct fields "
             "per part of the input; keys that vary (ids, timestamps) belong in values: "
             '{"id": "a1"}, not {"a1": ...}')

@@ -144,14 +144,14 @@ def test_a_new_key_on_every_line_keeps_the_first_thousand_and_dead_letters_the_r
     assert got["dead_lines"] == list(range(MAX_FIELDS + 1, 65_001))
     line, _, message = got["dead"][0]
     assert line == MAX_FIELDS + 1
-    assert message.startswith("line 1001: event adds 1 fields ('r0001000') past the limit of 1,000")
+    assert message.startswith("line 1001: event adds 1 field ('r0001000') past the limit of 1,000")
     assert got["seconds"] < 30
 
 
 def test_nested_keys_count_as_fields_too() -> None:
     got = _hostile("nested unique keys", "1")
     assert got["rows"] == MAX_FIELDS and got["widest"] <= MAX_FIELDS
-    assert got["dead"][0][2].startswith("line 1001: event adds 1 fields ('m.r0001000')")
+    assert got["dead"][0][2].startswith("line 1001: event adds 1 field ('m.r0001000')")
 
 
 @pytest.mark.parametrize("case", ["keys in turn", "wide then narrow"])
