@@ -29,8 +29,9 @@ examples:
   logbus guide steps
   logbus doctor
 
-The data directory is --data, else $LOGBUS_DATA, else ./logbus-data. Exit status: 0 ok, 1 failed,
-2 bad usage.
+The data directory is --data, else $LOGBUS_DATA, else ./logbus-data. Input holds at most 1,000
+distinct fields per part (events past that are too_many_fields dead letters); $LOGBUS_MAX_FIELDS
+raises that for logs that are wide by nature. Exit status: 0 ok, 1 failed, 2 bad usage.
 """
 
 
@@ -67,6 +68,12 @@ def _dispatch(argv: Sequence[str] | None) -> tuple[int, bool]:
         return 2, False
     handler: Callable[[argparse.Namespace], int] = args.handler
     quick = bool(getattr(args, "quick_exit", False))
+    if os.environ.get("LOGBUS_MAX_FIELDS"):
+        try:  # a bad setting is a usage error, said before any work (the module reads it)
+            import stream.widths  # noqa: F401
+        except ValueError as exc:
+            print(f"logbus: {exc}", file=sys.stderr)
+            return 2, False
     try:
         return handler(args), quick
     except KeyboardInterrupt:

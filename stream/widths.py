@@ -8,7 +8,8 @@ before the kernel killed the process. Any holder of an ingest token could do tha
 serve` with one request.
 
 So every table a reader builds has at most MAX_FIELDS leaf fields (Elasticsearch's default
-`index.mapping.total_fields.limit` is the same 1,000, for the same reason), and at most two cells
+`index.mapping.total_fields.limit` is the same 1,000, for the same reason; $LOGBUS_MAX_FIELDS
+raises it, as that setting does, for logs that are wide by nature), and at most two cells
 per byte of the input it was read from. Dense logs hold under half a cell per byte (a field takes
 at least `"a":1,`); sparse ones about one (300 possible fields, 20 set in a 300-byte event). The
 bound is per byte, with no minimum per table, so that splitting input into many tables cannot add
@@ -19,12 +20,30 @@ own.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 import pyarrow as pa
 
-MAX_FIELDS = 1_000
+MAX_FIELDS_ENV = "LOGBUS_MAX_FIELDS"
+FIELDS_CEILING = 100_000  # past this, Arrow's ~15 us per column is seconds per table
+
+
+def max_fields_from(environ: Mapping[str, str]) -> int:
+    """The field budget: $LOGBUS_MAX_FIELDS where set (for logs that are wide by nature, such as
+    label maps), else 1,000. Raises ValueError, naming the variable, for anything else."""
+    text = environ.get(MAX_FIELDS_ENV, "").strip()
+    if not text:
+        return 1_000
+    if not text.isdigit() or not 1 <= int(text) <= FIELDS_CEILING:
+        raise ValueError(f"{MAX_FIELDS_ENV} must be a whole number from 1 to {FIELDS_CEILING:,}, "
+                         f"got {text!r}")
+    return int(text)
+
+
+MAX_FIELDS = max_fields_from(os.environ)
 CELLS_PER_BYTE = 2
 
 # A leaf field: a top-level key as itself, a nested one as the tuple of keys from the top ("[]"
@@ -120,5 +139,5 @@ def too_many_fields(leaves: AbstractSet[FieldPath], budget: FieldBudget) -> str:
     shown = ", ".join(repr(".".join(path)) for path in new[:3]) + (", ..." if len(new) > 3 else "")
     fields = f"{len(new):,} field" + ("" if len(new) == 1 else "s")
     return (f"event adds {fields} ({shown}) past the limit of {MAX_FIELDS:,} distinct fields "
-            "per part of the input; keys that vary (ids, timestamps) belong in values: "
-            '{"id": "a1"}, not {"a1": ...}')
+            f"per part of the input (${MAX_FIELDS_ENV}); keys that vary (ids, timestamps) belong in "
+            'values: {"id": "a1"}, not {"a1": ...}')

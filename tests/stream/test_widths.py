@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from stream.widths import (
     FieldBudget,
     event_leaves,
     fits,
+    max_fields_from,
     schema_leaves,
 )
 
@@ -207,3 +209,37 @@ def test_an_agents_inline_events_are_held_to_the_same_budget() -> None:
     assert got["reasons"] == {"too_many_fields": 65_000 - MAX_FIELDS}
     assert got["outputs"] == MAX_FIELDS
     assert got["seconds"] < 60
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "1e3", "100001", "12.5"])
+def test_a_bad_field_budget_setting_is_refused_by_name(text: str) -> None:
+    with pytest.raises(ValueError, match="LOGBUS_MAX_FIELDS must be a whole number from 1 to 100,000"):
+        max_fields_from({"LOGBUS_MAX_FIELDS": text})
+
+
+def test_the_field_budget_is_1000_unless_set() -> None:
+    assert max_fields_from({}) == max_fields_from({"LOGBUS_MAX_FIELDS": " "}) == 1000
+    assert max_fields_from({"LOGBUS_MAX_FIELDS": "2500"}) == 2500
+
+
+def _logbus_test(tmp_path: Path, setting: str | None) -> subprocess.CompletedProcess[str]:
+    events = tmp_path / "wide.ndjson"
+    events.write_bytes(b"".join(b'{"r%07d":1}\n' % i for i in range(1500)))
+    pipeline = tmp_path / "all.yaml"
+    pipeline.write_text('name: all\nsource: web\nsteps:\n  - filter: "true"\n')
+    env = {k: v for k, v in os.environ.items() if k != "LOGBUS_MAX_FIELDS"}
+    if setting is not None:
+        env["LOGBUS_MAX_FIELDS"] = setting
+    return subprocess.run([sys.executable, "-m", "server.cli", "test", str(pipeline), "--events", str(events),
+                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_logs_that_are_wide_by_nature_can_raise_the_budget(tmp_path: Path) -> None:
+    default = json.loads(_logbus_test(tmp_path, None).stdout)
+    assert (default["steps"][0]["out"], default["dead_letters"]) == (1000, 500)
+    raised = json.loads(_logbus_test(tmp_path, "2000").stdout)
+    assert (raised["steps"][0]["out"], raised["dead_letters"]) == (1500, 0)
+    bad = _logbus_test(tmp_path, "lots")
+    assert bad.returncode == 2 and bad.stdout == ""
+    expected = "logbus: LOGBUS_MAX_FIELDS must be a whole number from 1 to 100,000, got 'lots'"
+    assert bad.stderr.strip() == expected
