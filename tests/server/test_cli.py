@@ -134,3 +134,29 @@ def test_help_loads_no_engine_modules() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+def _threads_after(code: str, env: dict[str, str]) -> int:
+    probe = f"import os\n{code}\nprint(len(os.listdir('/proc/self/task')))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts no extra thread on one core")
+def test_the_command_starts_no_blas_threads() -> None:
+    """numpy (imported by pyarrow) starts an OpenBLAS thread per core that spins before it sleeps:
+    LogBus never uses BLAS, so the command asks for none before anything imports numpy. Compared
+    with the same imports where the user asked for one thread: no thread more; and the user's own
+    setting is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    one = _threads_after("import pyarrow", {**env, "OPENBLAS_NUM_THREADS": "1"})
+    numpy_default = _threads_after("import pyarrow", env)
+    through_the_command = _threads_after("import server.cli\nimport pyarrow", env)
+    assert numpy_default > one  # the probe can see BLAS threads on this machine
+    assert through_the_command == one
+    kept = "import os\nimport server.cli\nprint(os.environ['OPENBLAS_NUM_THREADS'])"
+    done = subprocess.run([sys.executable, "-c", kept], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**env, "OPENBLAS_NUM_THREADS": "2"})
+    assert done.stdout.split() == ["2"], done.stderr
