@@ -6,7 +6,7 @@ streams are not tidy, so the conversion from Python events is forgiving and neve
 - a field missing from some events is null there (Arrow cannot tell "absent" from "null", so
   events read back have every field of their batch, with None where they had none);
 - int and float mixed in one field become float64;
-- any other mix (a field that is a number in one event and a string or an object in another, an
+- any other mix (a field that is a number in one event and a string, a bool or an object in another, an
   integer too large for int64, an empty object) becomes a string column holding each value's JSON
   text, tagged `logbus.json` in the field metadata, so that `to_events` gives the original values
   back exactly and SQL can still read them with the json functions;
@@ -89,7 +89,9 @@ def _from_events(events: list[dict[str, Any]]) -> pa.Table:
         # Every key is in the first event: Arrow's own row conversion sees them all.
         try:
             table = pa.Table.from_pylist(events)
-            if not _needs_repair(table.schema):
+            bools_read_as_numbers = any(
+                _bool_read_as_number((event.get(f.name) for event in events), f.type) for f in table.schema)
+            if not _needs_repair(table.schema) and not bools_read_as_numbers:
                 return table
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass
@@ -112,9 +114,33 @@ def column_array(values: list[Any]) -> tuple[pa.Array, bool]:
         array = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return _json_array(values), True
-    if _type_needs_repair(array.type):
+    if _type_needs_repair(array.type) or _bool_read_as_number(values, array.type):
         return _json_array(values), True
     return array, False
+
+
+def _bool_read_as_number(values: Iterable[Any], kind: pa.DataType) -> bool:
+    """Whether Arrow made a bool a number: given `[2.0, True]` it infers float64 and writes 1.0 (and
+    refuses `[True, 2.0]`), so an event's true would read back as 1.0 depending on its neighbours.
+    True when a bool sits where `kind`, the type Arrow chose for `values`, is floating."""
+    if not _has_floating(kind):
+        return False
+    if pa.types.is_floating(kind):
+        return any(type(value) is bool for value in values)
+    if pa.types.is_struct(kind):
+        return any(_bool_read_as_number((v.get(f.name) for v in values if isinstance(v, dict)), f.type)
+                   for f in (kind.field(i) for i in range(kind.num_fields)))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _bool_read_as_number((x for v in values if isinstance(v, list) for x in v), kind.value_type)
+    return False
+
+
+def _has_floating(kind: pa.DataType) -> bool:
+    if pa.types.is_floating(kind):
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _has_floating(kind.value_type)
+    return any(_has_floating(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def with_columns(table: pa.Table, names: Iterable[str]) -> pa.Table:

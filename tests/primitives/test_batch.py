@@ -7,7 +7,15 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from primitives.batch import EventError, concat, from_events, is_json_field, to_events, with_columns
+from primitives.batch import (
+    EventError,
+    column_array,
+    concat,
+    from_events,
+    is_json_field,
+    to_events,
+    with_columns,
+)
 from primitives.sqlexec import SqlBatch
 
 
@@ -66,6 +74,26 @@ def test_bool_and_int_do_not_merge_into_numbers() -> None:
     table = from_events(events)
     assert is_json_field(table.schema.field("b"))
     assert [type(e["b"]) for e in to_events(table)] == [bool, int, int, bool]
+
+
+@pytest.mark.parametrize("values", [
+    [2.0, True], [1.5, None, False], [{"k": 2.0}, {"k": True}], [[2.0], [True, 1.5]],
+    [{"a": [{"x": 1.5}]}, {"a": [{"x": False}]}],
+])
+def test_a_bool_after_a_float_stays_a_bool(values: list[Any]) -> None:
+    """Arrow infers float64 for [2.0, true] and writes the true as 1.0 (and refuses [true, 2.0]): an
+    event's bool turned into a number depending on the events before it, at any depth."""
+    events = [{"b": value} for value in values]
+    for order in (events, events[::-1]):
+        back = to_events(from_events(order))
+        assert repr(back) == repr(order)
+    _, json_text = column_array(values)  # the sandbox's columns come this way
+    assert json_text
+
+
+def test_a_float_next_to_a_separate_bool_field_stays_typed() -> None:
+    table = from_events([{"b": {"k": 2.5, "ok": True}}, {"b": {"k": 1.0, "ok": False}}])
+    assert table.schema.field("b").type == pa.struct([("k", pa.float64()), ("ok", pa.bool_())])
 
 
 def test_type_change_inside_a_nested_object_keeps_the_whole_object() -> None:
