@@ -190,6 +190,50 @@ def referenced_columns(expr: str) -> set[str]:
     return set(_analyse(expr, "aggregate")[1])
 
 
+def aggregate_inputs(expr: str) -> tuple[str, ...]:
+    """The per-event expressions the aggregate calls of measure `expr` evaluate: each call's
+    arguments, ORDER BY expressions and FILTER condition, as SQL text (DuckDB's own rendering of
+    its parse). They say which event a measure fails on: an event for which one of them fails
+    makes every group holding it fail (see primitives.steps.aggregate). Empty for count(*) alone,
+    and for an expression that does not pass `check_expression` as an aggregate."""
+    return _aggregate_inputs(expr)
+
+
+@lru_cache(maxsize=1024)
+def _aggregate_inputs(expr: str) -> tuple[str, ...]:
+    if _analyse(expr, "aggregate")[0]:
+        return ()
+    tree = _serialize(PREFIX + expr + SUFFIX)
+    node = _expression_of(tree)
+    assert node is not None  # it passed the check above
+    inputs: list[Any] = []
+    for found in _iter_nodes(node):
+        name = str(found.get("function_name", "")).lower()
+        if found.get("class") == "FUNCTION" and name in AGGREGATE_NAMES:
+            orders = (found.get("order_bys") or {}).get("orders") or []
+            inputs += [arg.get("expression") for arg in found.get("arguments") or []]
+            inputs += [order.get("expression") for order in orders]
+            inputs.append(found.get("filter"))
+    texts = [_render(tree, part) for part in inputs if isinstance(part, dict)]
+    return tuple(dict.fromkeys(texts))  # in order, each once
+
+
+def _render(tree: dict[str, Any], expression: dict[str, Any]) -> str:
+    """`expression` (a node of `tree`) as SQL text: our statement with it as the one output,
+    turned back into SQL by DuckDB, and the statement's frame taken off again."""
+    statement = json.loads(json.dumps(tree))
+    statement["statements"][0]["node"]["select_list"] = [{**expression, "alias": ALIAS}]
+    with _LOCK:
+        assert _CONNECTION is not None  # _serialize opened it
+        row = _CONNECTION.execute("SELECT json_deserialize_sql($1)", [json.dumps(statement)]).fetchone()
+    assert row is not None
+    text = str(row[0])
+    head, tail = "SELECT ", f" AS {ALIAS} FROM batch"
+    if not (text.startswith(head) and text.endswith(tail)):
+        raise ValueError(f"unexpected rendering of a measure's input: {text!r}")
+    return text[len(head) : -len(tail)]
+
+
 def sql_quote(name: str) -> str:
     """A column name as a DuckDB identifier: always double-quoted, embedded quotes doubled."""
     return '"' + name.replace('"', '""') + '"'

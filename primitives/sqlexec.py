@@ -34,7 +34,15 @@ MAX_REMEMBERED_SELECTS = 64  # per step; isolation builds no new texts, so a ste
 
 
 class SqlError(ValueError):
-    """An expression failed at run time (a bad cast, say); the message is DuckDB's."""
+    """An expression failed at run time (a bad cast, say); the message is DuckDB's.
+
+    `binding` is True for an error DuckDB raised while binding the query, before it read a value:
+    a function that does not take the column's type (`sum` over text, say). Such an error depends
+    on the columns' types only, so it is the same for any rows of the same types."""
+
+    def __init__(self, message: str, *, binding: bool = False) -> None:
+        super().__init__(message)
+        self.binding = binding
 
 
 # Column names in SQL we build are always double-quoted, embedded quotes doubled.
@@ -105,7 +113,8 @@ class SqlBatch:
             try:
                 return self._con.sql(sql).to_arrow_table()
             except self._error as exc:
-                raise SqlError(_clean(str(exc))) from None
+                binding = isinstance(exc, self._duckdb.BinderException)
+                raise SqlError(_clean(str(exc)), binding=binding) from None
             finally:
                 self._con.unregister(BATCH)
 

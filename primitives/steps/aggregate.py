@@ -39,9 +39,10 @@ from primitives.batch import (
 )
 from primitives.durations import Duration, format_duration
 from primitives.eventtime import event_micros, format_time
+from primitives.isolation import MAX_SEARCH_QUERIES, QueryBudget, failing_inputs, input_error, kind_classes
 from primitives.registry import step
 from primitives.runtime import BuildContext, DeadLetter, StepResult
-from primitives.sqlcheck import check_expression, referenced_columns
+from primitives.sqlcheck import aggregate_inputs, check_expression, referenced_columns
 from primitives.sqlexec import SqlBatch, SqlError, quote, sql_view
 from primitives.windows import (
     FixedWindows,
@@ -165,6 +166,7 @@ class AggregateRuntime:
         self.buffer: list[pa.Table] = []
         self.next_close = _FLUSH  # smallest window end still buffered (fixed windows)
         self.late = 0  # late events so far, for the pipeline's counters
+        self.inputs: tuple[str, ...] | None = None  # the measures' per-event inputs, once isolation asks
 
     def process(self, batch: pa.Table) -> StepResult:
         times = event_micros(batch, self.time_field)
@@ -259,7 +261,7 @@ class AggregateRuntime:
 
     def _run(self, table: pa.Table, extra: list[str]) -> pa.Table:
         """One GROUP BY over `table`: the output rows. Raises SqlError."""
-        table = sql_view(_canonical_keys(table, self.options.by), keep=self.options.by)
+        table = self._view(table)
         groups = [quote(name) for name in ["__lb_start", "__lb_end", *self.options.by, *extra]]
         measures = [f"{expr} AS {quote(name)}" for name, expr in self.options.measures.items()]
         order = [groups[1], groups[0], *groups[2:]]
@@ -269,36 +271,112 @@ class AggregateRuntime:
         )
         return self._shape(self.sql.query(table, sql), table.schema)
 
+    def _view(self, table: pa.Table) -> pa.Table:
+        return sql_view(_canonical_keys(table, self.options.by), keep=self.options.by)
+
     def _isolate(self, closed: pa.Table, extra: list[str]) -> StepResult:
         """A measure failed on the closing windows. One hostile event (`"bytes": "x"`) must not
-        cost every window and key its row, or the alerts derived from them: each window and key is
-        computed on its own; in one that still fails, the events it fails on are found by halving,
-        go to the dead letters, and the row is computed over the rest."""
+        cost every window and key its row, or the alerts derived from them: the events the
+        measures fail on are found in a few queries (primitives.isolation), go to the dead
+        letters, and the rows are computed over the rest. Should the rest still fail together,
+        each window and key is searched on its own, within a query budget."""
+        failing: dict[int, str] = {}
+        for members in kind_classes(closed, self.columns):
+            failing.update(self._failing_in(closed, members, extra))
+        rest = [i for i in range(closed.num_rows) if i not in failing]
+        events = None
+        if rest:
+            try:
+                events = self._run(retyped(take_rows(closed, rest)), extra)
+            except SqlError:
+                events = self._by_group(closed, rest, extra, failing, QueryBudget())
+        dead = self._letters(closed, failing)
+        return StepResult(events=events, dead_letters=dead, errors=len(dead))
+
+    def _failing_in(self, closed: pa.Table, members: list[int], extra: list[str]) -> dict[int, str]:
+        """The events among `members` (rows of `closed` whose values are of the same kinds) that
+        the measures fail on, with why: all of them when their types fail, else those whose
+        values fail an aggregate call's inputs."""
+        part = retyped(take_rows(closed, members))
+        try:
+            self._run(part, extra)
+            return {}
+        except SqlError as error:
+            if error.binding:  # the types fail, and each of these events alone has the same types
+                return {row: str(error) for row in members}
+        view = self._view(part)
+        failing: dict[int, str] = {}
+        first: dict[str, str] = {}  # input -> DuckDB's message for the first event it fails on
+        for local, text in sorted(failing_inputs(self.sql, view, self._inputs()).items()):
+            if text not in first:
+                first[text] = input_error(self.sql, view, text, local)
+                failing[members[local]] = first[text]
+            else:
+                failing[members[local]] = (f"{text} fails on its value, as it does for an earlier event "
+                                           f"of these windows: {first[text]}")
+        return failing
+
+    def _inputs(self) -> tuple[str, ...]:
+        if self.inputs is None:
+            found = [text for expr in self.options.measures.values() for text in aggregate_inputs(expr)]
+            self.inputs = tuple(dict.fromkeys(found))
+        return self.inputs
+
+    def _by_group(self, closed: pa.Table, rest: list[int], extra: list[str], failing: dict[int, str],
+                  budget: QueryBudget) -> pa.Table | None:
+        """The rest fails together, on no event alone: some windows and keys fail as a whole (a
+        cast of a sum that overflows, say). The ones that pass are found by halving the list of
+        windows and keys (one query computes many), and in each one that fails, the events it
+        fails on by halving its events; within `budget`, past which what is left fails."""
         names = ["__lb_start", "__lb_end", *self.options.by, *extra]
         members: dict[tuple[Any, ...], list[int]] = {}
-        groups = to_events(closed.select(names))
-        for index, row in enumerate(groups):
-            members.setdefault(group_key([row.get(name) for name in names]), []).append(index)
+        first_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for index, row in zip(rest, to_events(take_rows(closed, rest).select(names)), strict=True):
+            key = group_key([row.get(name) for name in names])
+            members.setdefault(key, []).append(index)
+            first_rows.setdefault(key, row)
+        ordered = [members[key] for key in
+                   sorted(members, key=lambda k: (first_rows[k]["__lb_end"], first_rows[k]["__lb_start"]))]
         outputs: list[pa.Table] = []
-        dead: list[DeadLetter] = []
-        # in window order, as rows come out of the single GROUP BY
-        ordered = sorted(members.values(),
-                         key=lambda member: (groups[member[0]]["__lb_end"], groups[member[0]]["__lb_start"]))
-        for indices in ordered:
-            rows, letters = self._without_failing(retyped(take_rows(closed, indices)), extra)
-            dead.extend(letters)
+        failed: list[list[int]] = []
+
+        def split(groups: list[list[int]]) -> None:
+            if not budget.spend():
+                failed.extend(groups)
+                return
+            try:
+                outputs.append(self._run(retyped(take_rows(closed, [i for g in groups for i in g])), extra))
+            except SqlError:
+                if len(groups) == 1:
+                    failed.append(groups[0])
+                else:
+                    split(groups[: len(groups) // 2])
+                    split(groups[len(groups) // 2 :])
+
+        split(ordered)
+        for group in failed:
+            rows, found = self._without_failing(closed, group, extra, budget)
+            failing.update(found)
             if rows is not None:
                 outputs.append(rows)
-        return StepResult(events=concat(outputs) if outputs else None, dead_letters=dead, errors=len(dead))
+        if not outputs:
+            return None
+        table = concat(outputs)
+        return table.sort_by([("window_end", "ascending"), ("window_start", "ascending")])  # stable
 
-    def _without_failing(self, part: pa.Table, extra: list[str]) -> tuple[pa.Table | None, list[DeadLetter]]:
-        """The row of one window and key over its events that the measures do not fail on, and
-        a dead letter for each event they fail on."""
+    def _without_failing(self, closed: pa.Table, members: list[int], extra: list[str],
+                         budget: QueryBudget) -> tuple[pa.Table | None, dict[int, str]]:
+        """The row of one window and key over its events (`members`) that the measures do not
+        fail on, and why each of the others fails."""
         failing: dict[int, str] = {}
+        unsearched: list[int] = []
 
         def search(indices: list[int]) -> None:
+            if not budget.spend():
+                unsearched.extend(indices)
+                return
             try:
-                self._run(retyped(take_rows(part, indices)), extra)
+                self._run(retyped(take_rows(closed, indices)), extra)
             except SqlError as error:
                 if len(indices) == 1:
                     failing[indices[0]] = str(error)
@@ -306,14 +384,23 @@ class AggregateRuntime:
                     search(indices[: len(indices) // 2])
                     search(indices[len(indices) // 2 :])
 
-        search(list(range(part.num_rows)))
-        rest = [i for i in range(part.num_rows) if i not in failing]
-        if rest:
+        search(members)
+        rest = [i for i in members if i not in failing and i not in unsearched]
+        if rest and budget.spend():
             try:
-                return self._run(retyped(take_rows(part, rest)), extra), self._letters(part, failing)
+                rows = self._run(retyped(take_rows(closed, rest)), extra)
+                return rows, self._with_unsearched(failing, unsearched)
             except SqlError as error:  # only the combination fails: the whole window and key
                 failing.update({i: str(error) for i in rest})
-        return None, self._letters(part, failing)
+        else:
+            unsearched += rest
+        return None, self._with_unsearched(failing, unsearched)
+
+    @staticmethod
+    def _with_unsearched(failing: dict[int, str], unsearched: list[int]) -> dict[int, str]:
+        why = (f"the measures fail on this event's window and key, and the search for the events they "
+               f"fail on stopped after {MAX_SEARCH_QUERIES} queries")
+        return {**failing, **dict.fromkeys(unsearched, why)}
 
     def _letters(self, part: pa.Table, failing: dict[int, str]) -> list[DeadLetter]:
         events = to_events(take_rows(part, sorted(failing)))
