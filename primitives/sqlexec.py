@@ -30,7 +30,7 @@ from primitives.parsers.common import scalar_text
 from primitives.sqlcheck import referenced_columns, sql_quote
 
 BATCH = "batch"
-MAX_REMEMBERED_SELECTS = 64  # per step; isolation builds no new texts, so a step needs a handful
+MAX_REMEMBERED_SELECTS = 64  # per step; a step builds a handful (isolation: one more, plus one per input)
 
 
 class SqlError(ValueError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -166,7 +167,6 @@ class AggregateRuntime:
         self.buffer: list[pa.Table] = []
         self.next_close = _FLUSH  # smallest window end still buffered (fixed windows)
         self.late = 0  # late events so far, for the pipeline's counters
-        self.inputs: tuple[str, ...] | None = None  # the measures' per-event inputs, once isolation asks
 
     def process(self, batch: pa.Table) -> StepResult:
         times = event_micros(batch, self.time_field)
@@ -307,7 +307,7 @@ class AggregateRuntime:
         view = self._view(part)
         failing: dict[int, str] = {}
         first: dict[str, str] = {}  # input -> DuckDB's message for the first event it fails on
-        for local, text in sorted(failing_inputs(self.sql, view, self._inputs()).items()):
+        for local, text in sorted(failing_inputs(self.sql, view, self._inputs).items()):
             if text not in first:
                 first[text] = input_error(self.sql, view, text, local)
                 failing[members[local]] = first[text]
@@ -316,11 +316,11 @@ class AggregateRuntime:
                                            f"of these windows: {first[text]}")
         return failing
 
+    @cached_property
     def _inputs(self) -> tuple[str, ...]:
-        if self.inputs is None:
-            found = [text for expr in self.options.measures.values() for text in aggregate_inputs(expr)]
-            self.inputs = tuple(dict.fromkeys(found))
-        return self.inputs
+        """The measures' per-event inputs, each once (parsed when isolation first needs them)."""
+        found = [text for expr in self.options.measures.values() for text in aggregate_inputs(expr)]
+        return tuple(dict.fromkeys(found))
 
     def _by_group(self, closed: pa.Table, rest: list[int], extra: list[str], failing: dict[int, str],
                   budget: QueryBudget) -> pa.Table | None:
@@ -330,13 +330,12 @@ class AggregateRuntime:
         fails on by halving its events; within `budget`, past which what is left fails."""
         names = ["__lb_start", "__lb_end", *self.options.by, *extra]
         members: dict[tuple[Any, ...], list[int]] = {}
-        first_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        window: dict[tuple[Any, ...], tuple[int, int]] = {}  # (end, start): groups in window order
         for index, row in zip(rest, to_events(take_rows(closed, rest).select(names)), strict=True):
             key = group_key([row.get(name) for name in names])
             members.setdefault(key, []).append(index)
-            first_rows.setdefault(key, row)
-        ordered = [members[key] for key in
-                   sorted(members, key=lambda k: (first_rows[k]["__lb_end"], first_rows[k]["__lb_start"]))]
+            window.setdefault(key, (row["__lb_end"], row["__lb_start"]))
+        ordered = [members[key] for key in sorted(members, key=window.__getitem__)]
         outputs: list[pa.Table] = []
         failed: list[list[int]] = []
 
@@ -385,7 +384,8 @@ class AggregateRuntime:
                     search(indices[len(indices) // 2 :])
 
         search(members)
-        rest = [i for i in members if i not in failing and i not in unsearched]
+        left = set(unsearched)  # a set: a group past the budget may hold every event of the window
+        rest = [i for i in members if i not in failing and i not in left]
         if rest and budget.spend():
             try:
                 rows = self._run(retyped(take_rows(closed, rest)), extra)
