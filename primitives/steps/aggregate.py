@@ -100,7 +100,9 @@ class AggregateOptions(BaseModel):
         min_length=1,
         description=(
             "Output column -> DuckDB aggregate expression over event fields, e.g. "
-            "{requests: 'count(*)', p95_ms: 'quantile_cont(duration_ms, 0.95)'}."
+            "{requests: 'count(*)', p95_ms: 'quantile_cont(duration_ms, 0.95)'}. An event a measure fails "
+            "on (text in sum(), a CAST that fails on its value) goes to the dead letters as `error`; the "
+            "rest of its window and key still gives the row. Use TRY_CAST to count such values as NULL."
         ),
     )
     lateness: Duration = Field(
