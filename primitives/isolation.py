@@ -4,8 +4,8 @@ When a window closes and its GROUP BY fails (`sum(bytes)` where one event holds 
 only the events it fails on may go to the dead letters: the rest of their window and key must
 still give its row, or a sender could hide a burst behind one bad event. Halving the rows until
 each failing event stands alone finds them, but costs about 2k·log2(n/k) queries for k failing
-events among n: 2,000 such events in one window took 34 s (measured), so one ingest request could
-stall a pipeline. Two facts make it cheap instead:
+events among n: 2,000 such events among 22,000 in one window took 29 s (bench/bench_isolation.py),
+so one ingest request could stall a pipeline. Two facts make it cheap instead:
 
 - Types. A measure fails on a column's *type* (text where `sum` wants a number) when DuckDB binds
   the query, before it reads a value (`SqlError.binding`). The type of a field whose events

@@ -16,9 +16,9 @@ from typing import Any
 
 # pyarrow imports numpy, whose OpenBLAS starts a thread per core at import, and each spins for a
 # while before it sleeps. LogBus never calls BLAS: those threads are pure cost, paid by every
-# command (measured on 2 cores: 0.08 CPU s for importing numpy, and 13% of `logbus test`'s CPU
-# on the W1 benchmark; on 16 cores, 15 spinning threads). Set before anything imports numpy; a
-# value the user set is kept.
+# command, and on one core they take it from the run (W1 of bench/bench_pipeline.py on one core:
+# 1.088 s -> 0.997 s; BENCHMARKS.md). Set before anything imports numpy; a value the user set is
+# kept.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 EPILOG = """\

@@ -2,8 +2,8 @@
 
 A window whose GROUP BY fails sends only the events it fails on to the dead letters. The search
 for them used to halve rows until each failing event stood alone: 2,000 events with
-`"bytes": "x"` in one window cost 34 s of the executor's time (measured), which anyone with an
-ingest token could send. These tests count the queries (a number, not a time) and check the
+`"bytes": "x"` in one window cost 29 s of the executor's time (bench/bench_isolation.py), which
+anyone with an ingest token could send. These tests count the queries (a number, not a time) and check the
 result against that halving search, kept as the step's fallback, given all the queries it wants.
 """
 
