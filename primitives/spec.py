@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,7 +179,7 @@ def spec_from_data(raw: Any, *, lines: Lines | None = None) -> PipelineSpec:
     try:
         spec = PipelineSpec.model_validate({**top, "steps": []})
     except ValidationError as exc:
-        report.validation(exc, ())
+        report.validation(exc, (), PipelineSpec)
     if report.diagnostics or spec is None:
         raise SpecError(sorted(report.diagnostics, key=lambda d: (d.line is None, d.line or 0)))
     spec.steps = steps
@@ -323,11 +324,14 @@ class _Report:
         text = f"{where}: {message}" if where else message
         self.diagnostics.append(Diagnostic(code, text, line=line or self.lines.line(path), hint=hint))
 
-    def validation(self, exc: ValidationError, prefix: Path, *, skip: tuple[str, ...] = ()) -> None:
+    def validation(self, exc: ValidationError, prefix: Path, model: type[BaseModel], *,
+                   skip: tuple[str, ...] = ()) -> None:
         for error in exc.errors(include_url=False):
             loc = tuple(part for part in error["loc"]
                         if not (isinstance(part, str) and part.startswith("function-")))
             message = _message(error)
+            if error["type"] == "extra_forbidden" and loc:
+                message = _unknown_key(str(loc[-1]), _model_at(model, loc[:-1]))
             if any(known in message for known in skip):
                 continue  # already reported, with a precise path, by the SQL check
             self.add(prefix + loc, message)
@@ -393,7 +397,7 @@ def _load_step(item: Any, path: Path, report: _Report) -> tuple[str, str | None,
     try:
         options = STEPS[kind].options.model_validate(item[kind])
     except ValidationError as exc:
-        report.validation(exc, (*path, kind), skip=reported)
+        report.validation(exc, (*path, kind), STEPS[kind].options, skip=reported)
         return None
     return kind, step_id, options
 
@@ -419,6 +423,41 @@ def _check_sql(kind: str, value: Any, path: Path, report: _Report) -> tuple[str,
             report.add(path + sub, problem.message, code="sql-invalid", hint=problem.hint, line=line)
             messages.append(problem.message)
     return tuple(messages)
+
+
+def _model_at(model: type[BaseModel], loc: Path) -> type[BaseModel] | None:
+    """The model that validates the mapping at `loc` inside `model`, or None where that is not
+    one model (a union of two, a plain dict)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is the one found for the list
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        current = _only_model(fields[part].annotation)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _only_model(annotation: Any) -> type[BaseModel] | None:
+    """The one model class inside an annotation (`Sink | None`, `list[Sink]`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    found = {model for arg in typing.get_args(annotation) if (model := _only_model(arg)) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
+    """What an agent needs to fix a misspelt or invented key: the keys that are allowed there,
+    and the nearest one."""
+    if model is None:
+        return "unknown key; remove it or check its spelling"
+    allowed = [field.alias or name for name, field in model.model_fields.items()]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    suggestion = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown key; {suggestion}allowed here: {', '.join(allowed)}"
 
 
 def _message(error: Any) -> str:

@@ -65,6 +65,20 @@ def test_every_problem_is_reported_in_one_round() -> None:
     assert any(m.startswith("steps[1]: a step needs exactly one kind key") for m in messages)
 
 
+def test_an_unknown_key_names_the_keys_allowed_where_it_stands() -> None:
+    # an agent that invents `key:` on derive, or misspells a top-level or a nested sink key,
+    # learns in one round what it may write there, and the nearest key where one is close
+    messages = _errors("name: x\nsource: s\nsinkz: []\nsteps:\n  - derive: {when: 'n > 1', key: [host]}\n"
+                       "sinks: [{parquet: {partiton_by: hour}}]\n")
+    assert messages == [
+        "sinkz: unknown key; did you mean 'sinks'? allowed here: name, description, source, time, start, "
+        "steps, sinks, alerts",
+        "steps[0].derive.key: unknown key; allowed here: when, code, title, dedup, severity, suppress, "
+        "context",
+        "sinks[0].parquet.partiton_by: unknown key; did you mean 'partition_by'? allowed here: partition_by",
+    ]
+
+
 def test_step_needs_exactly_one_kind_and_a_unique_id() -> None:
     text = "name: x\nsource: s\nsteps:\n  - {id: a, filter: 'x > 1'}\n  - {id: a, filter: 'y > 1'}\n"
     assert any("steps[1].id: 'a' is used by an earlier step" in m for m in _errors(text))
