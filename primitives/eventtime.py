@@ -17,6 +17,7 @@ state do integer arithmetic on them.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,10 @@ UTC_US = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JSON_TAG = b"logbus.json"
 
-__all__ = ["UTC_US", "event_micros", "event_times", "format_time", "micros_of"]
+__all__ = ["UTC_US", "event_micros", "event_times", "format_time", "micros_of", "no_time_message",
+           "why_no_time"]
+# an epoch number written as text: named in the no_time message, never read as a time
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)\s*")
 
 
 def event_times(table: pa.Table, field: str) -> pa.Array:
@@ -50,6 +54,35 @@ def event_micros(table: pa.Table, field: str) -> pa.Array:
 def micros_of(value: Any) -> int | None:
     """One value's event time in microseconds (the same rules as a column), None if it has none."""
     return _micros(value)
+
+
+def why_no_time(event: dict[str, Any] | None, field: str) -> str:
+    """Why an event's time field gave no time, in words an agent can act on: the field is
+    missing or null, or which kind of value it holds and what to write instead. Epoch numbers
+    written as text are named: they are never read as time (`20240612` is also a date), and a
+    CAST in a transform says which they are."""
+    value = None if event is None else event.get(field)
+    if value is None:  # in a batch, an event without the field reads as null: one case
+        return f"{field!r} is missing or null"
+    if isinstance(value, bool):
+        return f"{field!r} is a boolean, not a time"
+    if isinstance(value, dict | list):
+        return f"{field!r} holds a JSON {'object' if isinstance(value, dict) else 'list'}, not a time"
+    if isinstance(value, int | float):
+        return f"{field!r} is {value!r}, which as epoch time is outside the years 1 to 9999"
+    text = str(value)
+    shown = repr(text if len(text) <= 60 else text[:60] + "…")
+    if _NUMBER_TEXT.fullmatch(text):
+        cast = "DOUBLE" if "." in text else "BIGINT"
+        return (f"{field!r} is the text {shown}: epoch time must be a JSON number, not text; convert "
+                f"it first, e.g. transform: {{set: {{{field}: \"CAST({field} AS {cast})\"}}}}")
+    return f"{field!r} is {shown}, which is not ISO 8601 (e.g. 2024-12-10T06:55:46Z)"
+
+
+def no_time_message(event: dict[str, Any] | None, field: str, needs: str = "") -> str:
+    """The dead letter message of an event without a usable time (reason `no_time`)."""
+    return (f"event has no usable time: {why_no_time(event, field)}{needs} (a time is ISO 8601 text, "
+            "an epoch number or a timestamp)")
 
 
 def format_time(micros: int) -> str:

@@ -39,7 +39,7 @@ from primitives.batch import (
     with_columns,
 )
 from primitives.durations import Duration, format_duration
-from primitives.eventtime import event_micros, format_time
+from primitives.eventtime import event_micros, format_time, no_time_message
 from primitives.isolation import MAX_SEARCH_QUERIES, QueryBudget, failing_inputs, input_error, kind_classes
 from primitives.registry import step
 from primitives.runtime import BuildContext, DeadLetter, StepResult
@@ -208,15 +208,12 @@ class AggregateRuntime:
         rows = sorted([(i, "late") for i in late] + [(i, "no_time") for i in no_time])
         if not rows:
             return []
-        messages = {
-            "late": f"event is later than its window(s): the watermark had passed them "
-            f"(lateness {format_duration(self.options.lateness)})",
-            "no_time": f"event has no usable time in field {self.time_field!r} "
-            "(ISO 8601 text, epoch number or timestamp)",
-        }
+        too_late = (f"event is later than its window(s): the watermark had passed them "
+                    f"(lateness {format_duration(self.options.lateness)})")
         events = to_events(take_rows(batch, [i for i, _ in rows]))
         return [
-            DeadLetter(step=self.ctx.step_id, reason=reason, message=messages[reason], event=event)
+            DeadLetter(step=self.ctx.step_id, reason=reason, event=event,
+                       message=too_late if reason == "late" else no_time_message(event, self.time_field))
             for (_, reason), event in zip(rows, events, strict=True)
         ]
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from primitives.batch import take_rows, to_events, with_columns
 from primitives.durations import Duration
-from primitives.eventtime import event_micros
+from primitives.eventtime import event_micros, no_time_message
 from primitives.registry import step
 from primitives.runtime import BuildContext, DeadLetter, StepResult
 from primitives.steps.aggregate import DEFAULT_TIME_FIELD
@@ -98,9 +98,11 @@ class DedupeRuntime:
         self._expire()
         result = StepResult(events=batch.filter(pa.array(keep, pa.bool_())), errors=len(no_time))
         if no_time:
-            message = f"event has no usable time in field {self.time_field!r}; dedupe works on event time"
             events = to_events(take_rows(batch, no_time))
-            result.dead_letters = [DeadLetter(self.ctx.step_id, "no_time", message, e) for e in events]
+            result.dead_letters = [
+                DeadLetter(self.ctx.step_id, "no_time",
+                           no_time_message(e, self.time_field, "; dedupe works on event time"), e)
+                for e in events]
         return result
 
     def finish(self) -> StepResult:

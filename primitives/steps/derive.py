@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from primitives.batch import canonical, take_rows, to_events, with_columns
 from primitives.durations import Duration, format_duration
-from primitives.eventtime import event_micros
+from primitives.eventtime import event_micros, no_time_message
 from primitives.registry import step
 from primitives.rulestate import AlertBook, Match, feed
 from primitives.runtime import BuildContext, DeadLetter, StepResult
@@ -226,7 +226,7 @@ class DeriveRuntime:
                         DeadLetter(
                             self.ctx.step_id,
                             "no_time",
-                            f"derive matched a row without a usable time in {time_field!r}",
+                            "derive matched a row, but " + no_time_message(found_here[0].event, time_field),
                             found_here[0].event,
                         ),
                     )

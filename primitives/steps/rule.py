@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from primitives.batch import take_rows, to_events
 from primitives.durations import Duration, format_duration
-from primitives.eventtime import event_micros
+from primitives.eventtime import event_micros, no_time_message
 from primitives.registry import step
 from primitives.rulestate import AlertBook, Match, feed
 from primitives.runtime import BuildContext, DeadLetter, StepResult
@@ -161,8 +161,8 @@ class RuleRuntime:
                         DeadLetter(
                             self.ctx.step_id,
                             "no_time",
-                            "rule matched but the event has no usable time in "
-                            f"field {self.time_field!r}; windows and suppression need event time",
+                            "rule matched, but " + no_time_message(
+                                events[index], self.time_field, "; windows and suppression need event time"),
                             events[index],
                         ),
                     )

@@ -101,6 +101,30 @@ def test_events_without_time_are_no_time_dead_letters_and_errors() -> None:
     assert "'ts'" in result.dead_letters[0].message and result.errors == 2
 
 
+def test_a_no_time_dead_letter_says_what_the_field_holds_and_what_to_write() -> None:
+    # BGL's epoch column, cut out by a regex, is text: never read as time (20240612 is a date
+    # too), and the message says so with the cast that fixes it
+    events = [{"host": "a"}, {"ts": None}, {"ts": "1117838570"}, {"ts": "1.5e3"}, {"ts": " 17.25 "},
+              {"ts": "Jun 14 15:16:01"}, {"ts": True}, {"ts": {"s": 1}}, {"ts": [1]}, {"ts": 1e300}]
+    messages = [d.message for d in make().process(from_events(events)).dead_letters]
+    reasons = [m.removeprefix("event has no usable time: ").split(" (a time is")[0] for m in messages]
+    assert reasons == [
+        "'ts' is missing or null",  # a batch holds no 'missing': the first event's ts reads as null
+        "'ts' is missing or null",
+        "'ts' is the text '1117838570': epoch time must be a JSON number, not text; convert it first, "
+        'e.g. transform: {set: {ts: "CAST(ts AS BIGINT)"}}',
+        "'ts' is '1.5e3', which is not ISO 8601 (e.g. 2024-12-10T06:55:46Z)",
+        "'ts' is the text ' 17.25 ': epoch time must be a JSON number, not text; convert it first, "
+        'e.g. transform: {set: {ts: "CAST(ts AS DOUBLE)"}}',
+        "'ts' is 'Jun 14 15:16:01', which is not ISO 8601 (e.g. 2024-12-10T06:55:46Z)",
+        "'ts' is a boolean, not a time",
+        "'ts' holds a JSON object, not a time",
+        "'ts' holds a JSON list, not a time",
+        "'ts' is 1e+300, which as epoch time is outside the years 1 to 9999",
+    ]
+    assert all(m.endswith("(a time is ISO 8601 text, an epoch number or a timestamp)") for m in messages)
+
+
 def test_sliding_windows_overlap() -> None:
     out, _ = run(make(window={"size": "60s", "every": "30s"}, by=[]), [ev(5), ev(35), ev(65)])
     assert [(r["window_start"][11:19], r["window_end"][11:19], r["n"]) for r in out] == [

@@ -6,9 +6,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from primitives.batch import from_events, to_events
 from pydantic import ValidationError
 
+from primitives.batch import from_events, to_events
 from primitives.runtime import BuildContext
 from primitives.steps.dedupe import DedupeOptions, DedupeRuntime
 
@@ -81,6 +81,8 @@ def test_events_without_time_go_to_dead_letters_and_empty_batches_pass() -> None
     runtime = make()
     result = runtime.process(from_events([{"user": "x", "n": 1}, ev(1, n=2)]))
     assert [d.reason for d in result.dead_letters] == ["no_time"] and result.errors == 1
+    assert result.dead_letters[0].message.startswith("event has no usable time: 'ts' is missing or null; "
+                                                     "dedupe works on event time")
     assert runtime.process(pa.table({})).events is not None
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from primitives.batch import from_events
 from pydantic import ValidationError
 
+from primitives.batch import from_events
 from primitives.runtime import BuildContext
 from primitives.steps.derive import DeriveOptions, DeriveRuntime, parse_template, template_fields
 from tests.primitives.test_rule import inprocess_runner
@@ -142,4 +142,6 @@ def test_rows_without_time_are_no_time_and_empty_batches_pass() -> None:
     runtime = make(when="true")
     result = runtime.process(from_events([{"x": 1}]))
     assert [d.reason for d in result.dead_letters] == ["no_time"] and result.signals == []
+    assert result.dead_letters[0].message.startswith(
+        "derive matched a row, but event has no usable time: 'ts' is missing or null")
     assert runtime.process(pa.table({})).signals == []

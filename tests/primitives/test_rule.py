@@ -238,7 +238,9 @@ def test_late_match_goes_to_dead_letters_and_changes_nothing() -> None:
 def test_matching_event_without_time_is_a_no_time_dead_letter_but_a_non_match_is_fine() -> None:
     results = run(make(), [ev(None), ev(None, action="ok")])
     assert [d.reason for d in results[0].dead_letters] == ["no_time"]
-    assert "'ts'" in results[0].dead_letters[0].message
+    assert results[0].dead_letters[0].message.startswith(
+        "rule matched, but event has no usable time: 'ts' is missing or null; windows and suppression "
+        "need event time")
     assert results[0].errors == 1
 
 
