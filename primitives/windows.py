@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from primitives.durations import Duration, format_duration
+from primitives.eventtime import format_time
 
 MAX_OVERLAP = 1000  # sliding windows per event; more is a mistake, and costs memory linearly
 _NEVER = -(2**62)  # "no watermark yet": below every real instant, safe to subtract from
@@ -158,6 +159,7 @@ class FixedAssignment:
     starts: pa.Array
     late: list[int]
     no_time: list[int]
+    newest: list[int] = field(default_factory=list)  # per late row: the newest event time before it
 
 
 class FixedWindows:
@@ -174,11 +176,13 @@ class FixedWindows:
         base = _floor_to(times, self.every)  # start of the latest window holding each event
         last_end = pc.add(base, self.size)
         late_mask = pc.fill_null(pc.less_equal(last_end, before), False)
-        late = pc.indices_nonzero(late_mask).to_pylist()
+        late_rows = pc.indices_nonzero(late_mask)
+        late = late_rows.to_pylist()
+        newest = pc.add(pc.take(before, late_rows), self.watermark.lateness).to_pylist() if late else []
         keep = pc.indices_nonzero(pc.and_(pc.is_valid(times), pc.invert(late_mask)))
         count = self.size // self.every
         if count == 1:
-            return FixedAssignment(keep, pc.take(base, keep), late, no_time)
+            return FixedAssignment(keep, pc.take(base, keep), late, no_time, newest)
         # Row r of `keep` becomes `count` rows, the k-th in the window starting k*every earlier.
         slot = pa.array(range(len(keep) * count), pa.int64())
         which = pc.divide(slot, count)
@@ -186,7 +190,18 @@ class FixedWindows:
         shift = pc.multiply(pc.subtract(slot, pc.multiply(which, count)), self.every)
         starts = pc.subtract(pc.take(base, rows), shift)
         open_ = pc.greater(pc.add(starts, self.size), pc.take(before, rows))
-        return FixedAssignment(pc.filter(rows, open_), pc.filter(starts, open_), late, no_time)
+        return FixedAssignment(pc.filter(rows, open_), pc.filter(starts, open_), late, no_time, newest)
+
+
+def late_message(time: int, newest: int, lateness: int) -> str:
+    """Why an event is late, with the numbers an agent needs: how far behind the newest event
+    time it came. A file of concatenated runs (loghub's Zookeeper sample jumps back 27 days
+    twice) shows up here as a gap of days, a slow source as seconds beyond `lateness`."""
+    behind = format_duration(timedelta(microseconds=max(newest - time, 0)))
+    return (f"event is late: its time {format_time(time)} is {behind} behind the newest event time "
+            f"before it ({format_time(newest)}), so its window(s) had closed (lateness "
+            f"{format_duration(timedelta(microseconds=lateness))}); raise `lateness` to wait longer for "
+            "events out of order")
 
 
 def _floor_to(times: pa.Array, step: int) -> pa.Array:
@@ -211,6 +226,7 @@ class SessionAssignment:
     sids: list[int | None]
     late: list[int]
     no_time: list[int]
+    newest: list[int] = field(default_factory=list)  # per late row: the newest event time before it
 
 
 @dataclass(slots=True)
@@ -241,11 +257,13 @@ class SessionWindows:
                 result.sids.append(None)
             elif time < self._emitted_until.get(key, _NEVER):  # inside a session already emitted
                 result.late.append(index)
+                result.newest.append(before[index] + self.watermark.lateness)
                 result.sids.append(None)
             else:
                 sid = self._place(key, time, before[index])
                 if sid is None:
                     result.late.append(index)
+                    result.newest.append(before[index] + self.watermark.lateness)
                 result.sids.append(sid)
         return result
 

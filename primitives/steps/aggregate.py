@@ -38,7 +38,7 @@ from primitives.batch import (
     to_events,
     with_columns,
 )
-from primitives.durations import Duration, format_duration
+from primitives.durations import Duration
 from primitives.eventtime import event_micros, format_time, no_time_message
 from primitives.isolation import MAX_SEARCH_QUERIES, QueryBudget, failing_inputs, input_error, kind_classes
 from primitives.registry import step
@@ -52,6 +52,7 @@ from primitives.windows import (
     SlidingWindow,
     WindowSpec,
     group_key,
+    late_message,
     micros,
 )
 
@@ -175,14 +176,14 @@ class AggregateRuntime:
         part = with_columns(batch, self.columns).select(self.columns)
         if self.fixed is not None:
             fixed = self.fixed.assign(times)
-            late, no_time = fixed.late, fixed.no_time
+            late, no_time, newest = fixed.late, fixed.no_time, fixed.newest
             part = _attach(part, fixed.rows, "__lb_start", fixed.starts)
             if part.num_rows:
                 self.next_close = min(self.next_close, pc.min(fixed.starts).as_py() + self.fixed.size)
         else:
             assert self.sessions is not None
             assigned = self.sessions.assign(times, self._keys(batch))
-            late, no_time = assigned.late, assigned.no_time
+            late, no_time, newest = assigned.late, assigned.no_time, assigned.newest
             placed = [i for i, sid in enumerate(assigned.sids) if sid is not None]
             sids = pa.array([assigned.sids[i] for i in placed], pa.int64())
             part = _attach(part, pa.array(placed, pa.int64()), "__lb_sid", sids)
@@ -190,7 +191,7 @@ class AggregateRuntime:
             self.buffer.append(part)
         result = self._close(None)
         self.late += len(late)
-        result.dead_letters += self._dead(batch, late, no_time)
+        result.dead_letters += self._dead(batch, times, dict(zip(late, newest, strict=True)), no_time)
         result.errors += len(no_time)
         return result
 
@@ -203,18 +204,22 @@ class AggregateRuntime:
         rows = to_events(with_columns(batch, self.options.by).select(self.options.by))
         return [group_key([row.get(f) for f in self.options.by]) for row in rows]
 
-    def _dead(self, batch: pa.Table, late: list[int], no_time: list[int]) -> list[DeadLetter]:
-        """Dead letters in row order: `late` and `no_time` rows of this batch."""
-        rows = sorted([(i, "late") for i in late] + [(i, "no_time") for i in no_time])
+    def _dead(self, batch: pa.Table, times: pa.Array, late: dict[int, int],
+              no_time: list[int]) -> list[DeadLetter]:
+        """Dead letters in row order: `late` rows (row -> the newest event time before it) and
+        `no_time` rows of this batch."""
+        rows = sorted([*late, *no_time])
         if not rows:
             return []
-        too_late = (f"event is later than its window(s): the watermark had passed them "
-                    f"(lateness {format_duration(self.options.lateness)})")
-        events = to_events(take_rows(batch, [i for i, _ in rows]))
+        lateness = micros(self.options.lateness)
+        events = to_events(take_rows(batch, rows))
         return [
-            DeadLetter(step=self.ctx.step_id, reason=reason, event=event,
-                       message=too_late if reason == "late" else no_time_message(event, self.time_field))
-            for (_, reason), event in zip(rows, events, strict=True)
+            DeadLetter(step=self.ctx.step_id, reason="late", event=event,
+                       message=late_message(times[row].as_py(), late[row], lateness))
+            if row in late else
+            DeadLetter(step=self.ctx.step_id, reason="no_time", event=event,
+                       message=no_time_message(event, self.time_field))
+            for row, event in zip(rows, events, strict=True)
         ]
 
     def _close(self, until: int | None) -> StepResult:

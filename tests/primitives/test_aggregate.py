@@ -93,6 +93,21 @@ def test_out_of_order_within_lateness_counts_and_later_is_a_late_dead_letter() -
         ("late", "2024-01-01T00:00:30Z")
     ]
     assert runtime.late == 1 and result.errors == 0
+    # how far behind, and behind what: the newest time before it (75 s), not the watermark (65 s)
+    assert result.dead_letters[0].message == (
+        "event is late: its time 2024-01-01T00:00:30Z is 45s behind the newest event time before it "
+        "(2024-01-01T00:01:15Z), so its window(s) had closed (lateness 10s); raise `lateness` to wait "
+        "longer for events out of order")
+
+
+def test_a_late_session_event_says_how_far_behind_it_came() -> None:
+    runtime = make(window={"gap": "30s"}, lateness="5s")
+    runtime.process(from_events([ev(0), ev(100)]))  # the session [0, 30) closed at watermark 95
+    result = runtime.process(from_events([ev(10), ev(101)]))
+    assert [d.reason for d in result.dead_letters] == ["late"]
+    assert result.dead_letters[0].message.startswith(
+        "event is late: its time 2024-01-01T00:00:10Z is 1m30s behind the newest event time before it "
+        "(2024-01-01T00:01:40Z)")
 
 
 def test_events_without_time_are_no_time_dead_letters_and_errors() -> None:
