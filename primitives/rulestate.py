@@ -211,8 +211,9 @@ def _alert_data(alert: _Alert) -> dict[str, Any]:
 
 def feed(
     book: AlertBook, times: list[int | None], matches: dict[int, list[Match]]
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """Run one batch through `book`: (signals as dicts, rows whose matches were late).
+) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """Run one batch through `book`: (signals as dicts, rows whose matches were late, each with
+    the newest event time seen before it, for the dead letter to say how far behind it came).
 
     `times` holds every row's event time in arrival order (None: no time; the caller reports
     those of its matching rows as `no_time`); `matches` maps row index -> that row's matches.
@@ -222,7 +223,7 @@ def feed(
     against the live executor, would disagree. Each signal is emitted once per batch, in its
     latest state.
     """
-    late: list[int] = []
+    late: dict[int, int] = {}
     signals: dict[str, dict[str, Any]] = {}
     for index, time in enumerate(times):
         if time is None:
@@ -230,7 +231,8 @@ def feed(
         found = matches.get(index)
         if found:
             if book.is_late(time):
-                late.append(index)
+                assert book.watermark is not None  # is_late holds only once a time was seen
+                late[index] = book.watermark
             else:
                 for match in found:
                     signal = book.add(match)

@@ -193,13 +193,17 @@ class FixedWindows:
         return FixedAssignment(pc.filter(rows, open_), pc.filter(starts, open_), late, no_time, newest)
 
 
+def behind(time: int, newest: int) -> str:
+    """How far `time` lies behind `newest` (µs), as a duration: `26d16h17m47s148ms`."""
+    return format_duration(timedelta(microseconds=max(newest - time, 0)))
+
+
 def late_message(time: int, newest: int, lateness: int) -> str:
     """Why an event is late, with the numbers an agent needs: how far behind the newest event
-    time it came. A file of concatenated runs (loghub's Zookeeper sample jumps back 27 days
+    time it came. A file of concatenated runs (loghub's Zookeeper sample jumps back 26 days
     twice) shows up here as a gap of days, a slow source as seconds beyond `lateness`."""
-    behind = format_duration(timedelta(microseconds=max(newest - time, 0)))
-    return (f"event is late: its time {format_time(time)} is {behind} behind the newest event time "
-            f"before it ({format_time(newest)}), so its window(s) had closed (lateness "
+    return (f"event is late: its time {format_time(time)} is {behind(time, newest)} behind the newest "
+            f"event time before it ({format_time(newest)}), so its window(s) had closed (lateness "
             f"{format_duration(timedelta(microseconds=lateness))}); raise `lateness` to wait longer for "
             "events out of order")
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from primitives.batch import canonical, take_rows, to_events, with_columns
 from primitives.durations import Duration, format_duration
-from primitives.eventtime import event_micros, no_time_message
+from primitives.eventtime import event_micros, format_time, no_time_message
 from primitives.registry import step
 from primitives.rulestate import AlertBook, Match, feed
 from primitives.runtime import BuildContext, DeadLetter, StepResult
@@ -39,7 +39,7 @@ from primitives.signals import SEVERITIES, Severity
 from primitives.sqlcheck import check_expression, referenced_columns
 from primitives.sqlexec import SqlBatch
 from primitives.steps.aggregate import DEFAULT_TIME_FIELD
-from primitives.windows import micros
+from primitives.windows import behind, micros
 
 # One token: an escaped brace, a {field} placeholder, or any other brace (an error).
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
@@ -243,12 +243,12 @@ class DeriveRuntime:
                 DeadLetter(
                     self.ctx.step_id,
                     "late",
-                    "derive matched a row older than the newest one "
-                    f"minus suppress ({suppress}); it cannot change any signal",
+                    f"derive matched a row {behind(times[index], newest)} older than the newest one before "
+                    f"it ({format_time(newest)}), past suppress ({suppress}); it cannot change any signal",
                     matches[index][0].event,
                 ),
             )
-            for index in late
+            for index, newest in late.items()
         ]
         result.dead_letters = [letter for _, letter in sorted(dead, key=lambda pair: pair[0])]
         result.errors = len(dead) - len(late)

@@ -22,13 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from primitives.batch import take_rows, to_events
 from primitives.durations import Duration, format_duration
-from primitives.eventtime import event_micros, no_time_message
+from primitives.eventtime import event_micros, format_time, no_time_message
 from primitives.registry import step
 from primitives.rulestate import AlertBook, Match, feed
 from primitives.runtime import BuildContext, DeadLetter, StepResult
 from primitives.signals import SEVERITIES, Severity
 from primitives.steps.aggregate import DEFAULT_TIME_FIELD
-from primitives.windows import micros
+from primitives.windows import behind, micros
 
 EXAMPLE = r"""name: ssh-brute-force
 source: auth
@@ -178,12 +178,13 @@ class RuleRuntime:
                 DeadLetter(
                     self.ctx.step_id,
                     "late",
-                    "rule matched an event older than the newest "
-                    f"event time minus window ({window}); it cannot change any alert",
+                    f"rule matched an event {behind(times[index], newest)} older than the newest event "
+                    f"time before it ({format_time(newest)}), past the window ({window}); it cannot change "
+                    "any alert",
                     events[index],
                 ),
             )
-            for index in late
+            for index, newest in late.items()
         ]
         result.dead_letters = [letter for _, letter in sorted(dead, key=lambda pair: pair[0])]
         result.errors = len(dead) - len(late)  # late is a property of the stream, not a failure

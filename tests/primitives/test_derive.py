@@ -145,3 +145,13 @@ def test_rows_without_time_are_no_time_and_empty_batches_pass() -> None:
     assert result.dead_letters[0].message.startswith(
         "derive matched a row, but event has no usable time: 'ts' is missing or null")
     assert runtime.process(pa.table({})).signals == []
+
+
+def test_a_late_row_says_how_far_behind_the_newest_it_came() -> None:
+    runtime = make(**DECLARED)
+    result = runtime.process(from_events([row(20, "a", 50), row(14, "b", 50), row(16, "c", 50)]))
+    assert [s["dedup"] for s in result.signals] == ["a", "c"]
+    assert [(d.reason, (d.event or {}).get("host")) for d in result.dead_letters] == [("late", "b")]
+    assert result.dead_letters[0].message == (
+        "derive matched a row 6m older than the newest one before it (2024-01-01T00:20:00Z), past "
+        "suppress (5m); it cannot change any signal")

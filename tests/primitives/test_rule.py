@@ -232,6 +232,9 @@ def test_late_match_goes_to_dead_letters_and_changes_nothing() -> None:
     results = run(runtime, [ev(600, "b"), ev(540, "a"), ev(541, "a", action="ok")])
     assert [s["dedup"] for s in final_signals(results).values()] == ["b"]
     assert [(d.reason, (d.event or {}).get("ip")) for d in results[0].dead_letters] == [("late", "a")]
+    assert results[0].dead_letters[0].message == (
+        "rule matched an event 1m older than the newest event time before it (2024-01-01T00:10:00Z), "
+        "past the window (1m); it cannot change any alert")
     assert results[0].errors == 0  # late is a property of the stream, not a failure
 
 
