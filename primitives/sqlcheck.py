@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from primitives.diagnostics import Diagnostic
 from primitives.duck import locked_connection
+from primitives.sqlgrowth import MAX_BUILT_BYTES, MAX_GROWTH, growth_problem
 
 if TYPE_CHECKING:
     import duckdb
@@ -260,6 +261,13 @@ def _analyse(expr: str, role: str) -> tuple[tuple[Diagnostic, ...], frozenset[st
                 ), frozenset()
     walk = _Walk(expr, role)
     _visit(node, walk, depth=0, in_aggregate=False, lambda_params=frozenset())
+    if not walk.problems:  # only over the shapes the walk admits
+        grows = growth_problem(node)
+        if grows is not None:
+            walk.problems.append(_diag("sql-size", grows.message, expr=expr,
+                                       offset=_offset(grows.where.get("query_location")),
+                                       hint="build values from a field and literals of modest size; "
+                                            "split the work over several steps"))
     if role == "aggregate" and not walk.problems and walk.aggregates == 0:
         walk.problems.append(_diag("sql-aggregate-required", "a measure must aggregate the window's events",
                                    hint="use an aggregate such as count(*), sum(bytes), "
@@ -659,6 +667,11 @@ def describe_sql() -> str:
         f"- Sizes that build a value (`repeat(s, n)`, `lpad`/`rpad(s, n, c)`, widths in `printf`/`format` "
         f"strings) are whole numbers up to {MAX_SIZE_ARGUMENT:,} written in the expression, and the "
         "format string is a literal: an event must not choose how much memory an expression takes.",
+        f"- A value an expression builds may grow to at most {MAX_GROWTH:.0f}x the fields it reads "
+        f"(`repeat(message, 100)` is refused), and to {MAX_BUILT_BYTES // 1024} KiB of literal-made "
+        "text per event. A `replace`/`regexp_replace` replacement and an `array_to_string`/`concat_ws` "
+        "separator are literals, and a lambda builds values from its own parameter only "
+        "(`list_filter(tags, lambda t: t = user)` may compare with other fields).",
         "",
         "Examples:",
         "",
