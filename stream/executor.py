@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from primitives.spec import PipelineSpec, code_hash, load_spec
+from primitives.spec import PipelineSpec, SpecError, code_hash, load_spec
 from sandbox import SandboxPool
 from stream.checkpoint import CheckpointStore
 from stream.log import EmbeddedLog, UnknownStream
@@ -107,7 +107,13 @@ class Executor:
                     self._last[key] = self._runners.pop(key)
             for key, deployed in wanted.items():
                 if deployed.status == "active" and key not in self._runners and not self._stop.is_set():
-                    self._start(deployed)
+                    try:
+                        self._start(deployed)
+                    except SpecError as exc:
+                        # stored by an older LogBus whose checks this one tightened (a refused SQL
+                        # expression, say): paused with the reason, and the other pipelines run
+                        self.registry.pause(deployed.tenant, deployed.name, "executor",
+                                            f"its spec no longer validates: {exc}")
                 elif deployed.status == "retired" and self.checkpoints.load(*key) is not None:
                     self._forget(deployed)
 
@@ -259,9 +265,14 @@ class Executor:
 
     def _forget(self, deployed: Deployed) -> None:
         """A retired pipeline stops holding retention and loses its position (a redeploy starts anew)."""
-        spec: PipelineSpec = load_spec(deployed.spec_text)
-        with contextlib.suppress(UnknownStream):
-            self.log.remove_consumer(deployed.tenant, spec.source, consumer_name(spec.name))
+        spec: PipelineSpec | None
+        try:
+            spec = load_spec(deployed.spec_text)
+        except SpecError:  # stored by an older LogBus that accepted it: no consumer to find
+            spec = None
+        if spec is not None:
+            with contextlib.suppress(UnknownStream):
+                self.log.remove_consumer(deployed.tenant, spec.source, consumer_name(spec.name))
         self.checkpoints.delete(deployed.tenant, deployed.name)
 
 

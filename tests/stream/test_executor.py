@@ -153,6 +153,37 @@ def test_new_pipelines_start_at_the_end_unless_earliest(data: tuple[Path, Embedd
     assert {r["tag"] for r in sink.rows("early")} == {"v1"}
 
 
+def test_a_stored_spec_that_no_longer_validates_is_paused_and_the_others_run(
+        data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
+    # a spec an older LogBus accepted, refused by this one's SQL check (primitives.sqlgrowth)
+    from primitives.spec import code_hash, load_spec
+    from stream.registry import PipelineRegistry
+
+    data_dir, log = data
+    good = FILTER.format(name="good", start="earliest", tag=1)
+    stale = FILTER.format(name="stale", start="earliest", tag=1).replace(
+        "status >= 500", "length(repeat(path, 1000)) > 0")
+    registry = PipelineRegistry(data_dir)
+    try:
+        spec = load_spec(good.replace("name: good", "name: stale"))
+        registry.deploy(TENANT, stale, spec, code_hash(spec), "alice")
+    finally:
+        registry.close()
+    log.append(TENANT, "web", _events(0, 20))
+    executor = _executor(data_dir, log, pool)
+    executor.start()  # raised SpecError before: `logbus serve` could not start at all
+    try:
+        executor.deploy(TENANT, good, actor="alice")
+        _wait(executor, "good")
+        stale_status = executor.registry.get(TENANT, "stale")
+    finally:
+        executor.stop()
+    assert [r["n"] for r in _sink(data_dir).rows("good")] == [0, 4, 8, 12, 16]
+    assert stale_status.status == "paused"
+    assert stale_status.reason.startswith("its spec no longer validates: ")
+    assert "repeat() could build a value that grows to 1,000 times" in stale_status.reason
+
+
 def test_a_latest_pipeline_deployed_before_its_stream_exists_sees_every_event(
         data: tuple[Path, EmbeddedLog], pool: SandboxPool) -> None:
     """`latest` is the stream's end at deploy time; for a stream not created yet that is offset 0."""
