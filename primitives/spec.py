@@ -428,17 +428,14 @@ def _check_sql(kind: str, value: Any, path: Path, report: _Report) -> tuple[str,
 def _model_at(model: type[BaseModel], loc: Path) -> type[BaseModel] | None:
     """The model that validates the mapping at `loc` inside `model`, or None where that is not
     one model (a union of two, a plain dict)."""
-    current: Any = model
+    current: type[BaseModel] | None = model
     for part in loc:
         if isinstance(part, int):
             continue  # an item of a list: its model is the one found for the list
-        fields = getattr(current, "model_fields", None)
-        if fields is None or part not in fields:
+        if current is None or part not in current.model_fields:
             return None
-        current = _only_model(fields[part].annotation)
-        if current is None:
-            return None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        current = _only_model(current.model_fields[part].annotation)
+    return current
 
 
 def _only_model(annotation: Any) -> type[BaseModel] | None:

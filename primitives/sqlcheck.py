@@ -25,13 +25,14 @@ import json
 import re
 import threading
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
+from primitives import sqlast
 from primitives.diagnostics import Diagnostic
 from primitives.duck import locked_connection
+from primitives.sqlast import LAMBDA_FUNCTIONS, integer_literal, iter_nodes, string_literal
 from primitives.sqlgrowth import MAX_BUILT_BYTES, MAX_GROWTH, growth_problem
 
 if TYPE_CHECKING:
@@ -120,9 +121,6 @@ OPERATORS: dict[str, str] = {
 SIZED_ARGUMENTS: dict[str, int] = {"repeat": 1, "lpad": 1, "rpad": 1}  # name -> argument index
 FORMAT_FUNCTIONS = frozenset({"format", "printf"})  # the width is in the format string
 MAX_SIZE_ARGUMENT = 10_000
-# Functions whose argument may be a lambda (`list_filter(tags, t -> t LIKE 'x%')`).
-LAMBDA_FUNCTIONS = frozenset({"list_transform", "list_apply", "array_transform", "array_apply",
-                              "list_filter", "array_filter"})
 # Refused with a specific reason (anything not allowlisted is refused anyway).
 DENIED: dict[str, str] = {
     **dict.fromkeys(("read_csv", "read_csv_auto", "read_parquet", "read_json", "read_json_auto",
@@ -208,7 +206,7 @@ def _aggregate_inputs(expr: str) -> tuple[str, ...]:
     node = _expression_of(tree)
     assert node is not None  # it passed the check above
     inputs: list[Any] = []
-    for found in _iter_nodes(node):
+    for found in iter_nodes(node):
         name = str(found.get("function_name", "")).lower()
         if found.get("class") == "FUNCTION" and name in AGGREGATE_NAMES:
             orders = (found.get("order_bys") or {}).get("orders") or []
@@ -540,7 +538,7 @@ def _function(node: dict[str, Any], walk: _Walk, refuse: Any, children: Any, in_
                 refuse("sql-lambda", "the arrow lambda (x -> ...) is deprecated in DuckDB",
                        f"write {name}(list, lambda x: x LIKE 'a%')")
                 continue
-            params = _lambda_params(argument.get("lhs"))
+            params = sqlast.lambda_params(argument.get("lhs"))  # `lambda_params`: the ones in scope
             children(argument.get("expr"), params=lambda_params | params)
         else:
             children(argument)
@@ -552,39 +550,18 @@ def _size_problem(name: str, arguments: list[Any]) -> str | None:
         index = SIZED_ARGUMENTS[name]
         if index >= len(arguments):
             return None  # DuckDB refuses the call itself
-        literal = (arguments[index] or {}).get("literal") or {}
-        text = str(literal.get("text", ""))
-        if literal.get("kind") != "INTEGER" or not text.isdigit() or int(text) > MAX_SIZE_ARGUMENT:
+        size = integer_literal(arguments[index])
+        if size is None or size > MAX_SIZE_ARGUMENT:
             return (f"{name}() builds a value as long as its argument {index + 1} says; it must be a "
                     f"whole number from 0 to {MAX_SIZE_ARGUMENT:,} written in the expression")
     if name in FORMAT_FUNCTIONS and arguments:
-        literal = (arguments[0] or {}).get("literal") or {}
-        text = str(literal.get("text", ""))
-        if literal.get("kind") != "STRING":
+        text = string_literal(arguments[0])
+        if text is None:
             return f"{name}() takes its format from a field here; write the format as a literal string"
         if "*" in text or re.search(r"\{[^{}]*\{", text) or re.search(r"\d{5,}", text):
             return (f"{name}()'s format sets a width or precision that is too large, or takes one from "
                     f"an argument; widths up to {MAX_SIZE_ARGUMENT - 1:,} written in the format are allowed")
     return None
-
-
-def _lambda_params(lhs: Any) -> frozenset[str]:
-    """`x -> ...` or `(x, i) -> ...`: the parameter names, which are not event fields."""
-    found: set[str] = set()
-    for node in _iter_nodes(lhs):
-        if node.get("class") == "COLUMN_REF" and node.get("column_names"):
-            found.add(node["column_names"][0])
-    return frozenset(found)
-
-
-def _iter_nodes(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _iter_nodes(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _iter_nodes(value)
 
 
 def _function_hint(name: str) -> str:
@@ -605,7 +582,7 @@ def _odd_type(type_expr: Any) -> str | None:
     """The cast target if it is not a plain built-in type (qualified, or with non-constant parts)."""
     if type_expr is None:
         return None
-    for node in _iter_nodes(type_expr):
+    for node in iter_nodes(type_expr):
         if "class" not in node:
             continue
         if node["class"] == "TYPE":

@@ -28,6 +28,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from primitives.sqlast import (
+    LAMBDA_FILTERS,
+    LAMBDA_FUNCTIONS,
+    integer_literal,
+    lambda_params,
+    string_literal,
+)
+
 MAX_GROWTH = 64.0
 MAX_BUILT_BYTES = 64 * 1024
 _ELEMENT_BYTES = 16  # DuckDB's per-string (and per list entry) overhead: a split can make one per byte
@@ -63,8 +71,6 @@ SPLITS = frozenset({"string_split", "str_split", "string_to_array", "regexp_spli
                     "regexp_extract_all"})
 JSON_BUILDERS = frozenset({"to_json", "json", "json_object", "json_array"})
 JOINS = frozenset({"array_to_string", "concat_ws"})  # the separator: argument 2, argument 1
-LAMBDA_BUILDERS = frozenset({"list_transform", "list_apply", "array_transform", "array_apply"})
-LAMBDA_FILTERS = frozenset({"list_filter", "array_filter"})
 _TEXT_TYPES = frozenset({"VARCHAR", "TEXT", "STRING", "CHAR", "BPCHAR", "JSON", "BLOB", "BYTEA"})
 
 
@@ -167,7 +173,7 @@ def _function(node: dict[str, Any], params: dict[str, Size], inside_lambda: bool
     def of(child: Any) -> Size:
         return _size(child, params, inside_lambda=inside_lambda)
 
-    if name in LAMBDA_BUILDERS | LAMBDA_FILTERS and len(arguments) == 2:
+    if name in LAMBDA_FUNCTIONS and len(arguments) == 2:
         return _lambda(node, name, arguments, params, inside_lambda)
     sizes = [of(argument) for argument in arguments]
     for order in (node.get("order_bys") or {}).get("orders") or []:
@@ -177,13 +183,13 @@ def _function(node: dict[str, Any], params: dict[str, Size], inside_lambda: bool
         return SMALL
     total = sum(sizes, NOTHING)
     if name == "repeat" and len(sizes) == 2:
-        return _built(node, sizes[0].times(_integer(arguments[1]) or 0), f"{name}()")
+        return _built(node, sizes[0].times(integer_literal(arguments[1]) or 0), f"{name}()")
     if name in ("lpad", "rpad") and len(sizes) >= 2:
-        return _built(node, Size(0.0, 4.0 * (_integer(arguments[1]) or 0)), f"{name}()")
+        return _built(node, Size(0.0, 4.0 * (integer_literal(arguments[1]) or 0)), f"{name}()")
     if name == "replace" and len(sizes) == 3:
         if sizes[2].reads_fields:
             return _built(node, UNBOUNDED, "replace() with a replacement read from a field")
-        matched = max(1, len(_text(arguments[1]) or "x"))
+        matched = max(1, len(string_literal(arguments[1]) or "x"))
         return _built(node, sizes[0].times(max(1.0, sizes[2].constant / matched)), f"{name}()")
     if name == "regexp_replace" and len(sizes) >= 3:
         if sizes[2].reads_fields:
@@ -202,7 +208,7 @@ def _function(node: dict[str, Any], params: dict[str, Size], inside_lambda: bool
         return _built(node, total.times(_JSON_FACTOR) + Size(0.0, _ELEMENT_BYTES * (1 + len(sizes))),
                       f"{name}()")
     if name in ("format", "printf") and arguments:
-        widths = sum(int(width) for width in re.findall(r"\d+", _text(arguments[0]) or ""))
+        widths = sum(int(width) for width in re.findall(r"\d+", string_literal(arguments[0]) or ""))
         return _built(node, total.times(_TEXT_FACTOR) + Size(0.0, widths), f"{name}()")
     if name in _LIST_BUILDERS:
         return _built(node, total + Size(0.0, _ELEMENT_BYTES * len(sizes)), f"{name}()")
@@ -218,9 +224,8 @@ def _lambda(node: dict[str, Any], name: str, arguments: list[Any], params: dict[
     function = arguments[1] or {}
     if function.get("class") != "LAMBDA":
         return _built(node, listed + _size(function, params, inside_lambda=inside_lambda), f"{name}()")
-    names = [part.get("column_names", [""])[0] for part in _column_refs(function.get("lhs"))]
     # the parameter's own constant is the list's, paid once: the body's constant is per element
-    inner = {**params, **dict.fromkeys(names, Size(listed.growth, 0.0))}
+    inner = {**params, **dict.fromkeys(lambda_params(function.get("lhs")), Size(listed.growth, 0.0))}
     body = _size(function.get("expr"), inner, inside_lambda=True)
     if name in LAMBDA_FILTERS:
         return listed  # the elements kept: the body's value is a bool
@@ -250,23 +255,3 @@ def _built(node: dict[str, Any], size: Size, what: str, inside_lambda: bool = Fa
 
 def _largest(sizes: list[Size]) -> Size:
     return Size(max((s.growth for s in sizes), default=0.0), max((s.constant for s in sizes), default=0.0))
-
-
-def _integer(node: Any) -> int | None:
-    literal = (node or {}).get("literal") or {}
-    text = str(literal.get("text", ""))
-    return int(text) if literal.get("kind") == "INTEGER" and text.isdigit() else None
-
-
-def _text(node: Any) -> str | None:
-    literal = (node or {}).get("literal") or {}
-    return str(literal.get("text", "")) if literal.get("kind") == "STRING" else None
-
-
-def _column_refs(node: Any) -> list[dict[str, Any]]:
-    if isinstance(node, dict):
-        own = [node] if node.get("class") == "COLUMN_REF" else []
-        return own + [ref for value in node.values() for ref in _column_refs(value)]
-    if isinstance(node, list):
-        return [ref for value in node for ref in _column_refs(value)]
-    return []
